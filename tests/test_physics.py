@@ -1,0 +1,108 @@
+"""Physics of the Holstein model against closed forms and dense-matrix definitions."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_holstein import physics
+
+
+def dense_rhs(rho, Q, P, g):
+    """The equations of motion with an explicit dense H, straight from SPEC section 1."""
+    H = physics.hamiltonian(tf.constant(Q), g).numpy()
+    drho = -1j * (H @ rho - rho @ H)
+    dQ = physics.K0 * P
+    dP = physics.ETA * g * (np.real(np.einsum("...ii->...i", rho)) - 0.5) - physics.K0 * Q
+    return drho, dQ, dP
+
+
+def random_state(rng, batch, L):
+    a = rng.normal(size=(batch, L, L)) + 1j * rng.normal(size=(batch, L, L))
+    return (a + np.conj(np.swapaxes(a, -1, -2))) / 2, rng.normal(size=(batch, L)), \
+        rng.normal(size=(batch, L))
+
+
+def test_stencil_rhs_equals_dense_commutator():
+    rho, Q, P = random_state(np.random.default_rng(0), 3, 8)
+    got = physics.rhs(tf.constant(rho), tf.constant(Q), tf.constant(P), 0.7)
+    for a, b in zip(got, dense_rhs(rho, Q, P, 0.7)):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-13)
+
+
+def test_rhs_in_single_precision_matches_double():
+    rho, Q, P = random_state(np.random.default_rng(1), 2, 8)
+    single = physics.rhs(tf.constant(rho, tf.complex64), tf.constant(Q, tf.float32),
+                         tf.constant(P, tf.float32), 1.0)
+    double = physics.rhs(tf.constant(rho), tf.constant(Q), tf.constant(P), 1.0)
+    for a, b in zip(single, double):
+        assert a.dtype in (tf.complex64, tf.float32)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_energy_equals_dense_trace():
+    rho, Q, P = random_state(np.random.default_rng(2), 2, 8)
+    g = 0.8
+    H = physics.hamiltonian(tf.constant(Q), g).numpy()
+    expected = (np.real(np.trace(H @ rho, axis1=-2, axis2=-1)) + g / 2 * Q.sum(-1)
+                + physics.K0 / (2 * physics.ETA) * (P ** 2 + Q ** 2).sum(-1))
+    got = physics.energy(tf.constant(rho), tf.constant(Q), tf.constant(P), g).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-13)
+
+
+def test_energy_is_stationary_along_the_flow():
+    # dE/dt = grad E . F(u) must vanish; check with a central difference along F.
+    rho, Q, P = random_state(np.random.default_rng(3), 1, 8)
+    g = 1.0
+    drho, dQ, dP = dense_rhs(rho, Q, P, g)
+    h = 1e-6
+
+    def E(s):
+        return physics.energy(tf.constant(rho + s * drho), tf.constant(Q + s * dQ),
+                              tf.constant(P + s * dP), g).numpy()
+
+    assert abs((E(h) - E(-h)) / (2 * h)) < 1e-7 * (1 + abs(E(0.0)))
+
+
+def test_order_parameters_by_hand():
+    L = 4
+    rho = np.diag([0.2, 0.8, 0.3, 0.7]).astype(complex)[None]
+    Q = np.array([[-1.0, 2.0, -3.0, 4.0]])
+    d_rho, d_q = physics.order_parameters(tf.constant(rho), tf.constant(Q))
+    # s = (-1, +1, -1, +1)
+    assert d_rho.numpy()[0] == pytest.approx((-0.2 + 0.8 - 0.3 + 0.7) / L)
+    assert d_q.numpy()[0] == pytest.approx((1 + 2 + 3 + 4) / L)
+
+
+def test_cdw_is_a_fixed_point_with_the_published_amplitude():
+    Q = physics.cdw_ground_state(16, 0.5)
+    residual = physics.cdw_fixed_point_residual(Q, 0.5).numpy()
+    assert np.max(np.abs(residual)) < 1e-10
+    np.testing.assert_allclose(np.abs(Q.numpy()), 0.1087, atol=5e-5)
+    _, delta_q = physics.order_parameters(tf.zeros([16, 16], tf.complex128), Q)
+    assert delta_q > 0  # SPEC's sign choice: Q_0 < 0
+
+
+def test_free_electron_ground_state_is_the_half_occupied_mixed_state():
+    rho = physics.ground_state(tf.zeros([1, 16], tf.float64), 0.0).numpy()[0]
+    assert np.trace(rho).real == pytest.approx(8.0, abs=1e-12)
+    # 7 filled levels and two degenerate ones at the Fermi energy with 1/2 each.
+    assert np.trace(rho @ rho).real == pytest.approx(7.5, abs=1e-10)
+    np.testing.assert_allclose(rho, np.conj(rho.T), atol=1e-14)
+    occupations = np.linalg.eigvalsh(rho)
+    np.testing.assert_allclose(np.sort(occupations)[[7, 8]], [0.5, 0.5], atol=1e-7)
+
+
+def test_gapped_ground_state_is_a_pure_projector():
+    # L = 2 mod 4 has no level at the Fermi energy: rho^2 = rho.
+    rho = physics.ground_state(tf.zeros([1, 10], tf.float64), 0.0).numpy()[0]
+    np.testing.assert_allclose(rho @ rho, rho, atol=1e-12)
+    assert np.trace(rho).real == pytest.approx(5.0, abs=1e-12)
+
+
+def test_initial_state_recomputes_rho_for_the_noisy_q():
+    rng = np.random.default_rng(4)
+    noise = 1e-3 * rng.normal(size=(2, 2, 8))
+    rho, Q, P = physics.initial_state(8, 0.5, noise[0], noise[1])
+    np.testing.assert_allclose(P.numpy(), noise[1])
+    np.testing.assert_allclose(Q.numpy() - physics.cdw_ground_state(8, 0.5).numpy(), noise[0])
+    np.testing.assert_allclose(rho.numpy(), physics.ground_state(Q, 0.5).numpy(), atol=1e-14)
+    np.testing.assert_allclose(np.trace(rho.numpy(), axis1=1, axis2=2).real, 4.0, atol=1e-12)
