@@ -1,0 +1,106 @@
+"""TFRecord schema: bit-exact round trips, atomic writes, errors that name the file."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_holstein import records
+
+
+def random_trajectory(rng, T=5, L=6):
+    def c(*shape):
+        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+
+    def r(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+
+    return {"rho": c(T + 1, L, L), "Q": r(T + 1, L), "P": r(T + 1, L),
+            "mid_rho": c(T, L, L), "mid_Q": r(T, L), "mid_P": r(T, L)}
+
+
+def test_encode_parse_round_trip_is_bit_exact():
+    trajectory = random_trajectory(np.random.default_rng(0))
+    parsed = records.parse_trajectory(tf.constant(records.encode_trajectory(trajectory, 7, 3)))
+    for key, value in trajectory.items():
+        assert parsed[key].dtype == records.ARRAY_DTYPES[key]
+        np.testing.assert_array_equal(parsed[key].numpy(), value)
+        assert parsed[key].numpy().tobytes() == value.tobytes()
+    assert int(parsed["index"]) == 7 and int(parsed["phase"]) == 3
+
+
+def test_shard_write_read_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    trajectories = [random_trajectory(rng) for _ in range(3)]
+    path = tmp_path / records.shard_name("train", 0, 1)
+    records.write_shard(path, (records.encode_trajectory(t, i, 0)
+                               for i, t in enumerate(trajectories)))
+    read = list(records.iterate_shard(path))
+    assert [int(t["index"]) for t in read] == [0, 1, 2]
+    for original, got in zip(trajectories, read):
+        for key in original:
+            assert got[key].tobytes() == original[key].tobytes()
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_failed_write_leaves_no_shard(tmp_path):
+    path = tmp_path / records.shard_name("val", 0, 1)
+
+    def examples():
+        yield records.encode_trajectory(random_trajectory(np.random.default_rng(2)), 0, 0)
+        raise KeyboardInterrupt  # the writer dies half-way
+
+    with pytest.raises(KeyboardInterrupt):
+        records.write_shard(path, examples())
+    assert list(tmp_path.iterdir()) == []
+    assert records.list_shards(tmp_path, "val") == []
+
+
+def test_partial_files_are_not_listed(tmp_path):
+    (tmp_path / ".train-00000-of-00002.tfrecord.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "train-00001-of-00002.tfrecord").write_bytes(b"")
+    assert [p.name for p in records.list_shards(tmp_path, "train")] == [
+        "train-00001-of-00002.tfrecord"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_shard_error_names_the_file(tmp_path, damage):
+    path = tmp_path / records.shard_name("test", 0, 1)
+    records.write_shard(path, [records.encode_trajectory(
+        random_trajectory(np.random.default_rng(3)), 0, 0)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * 64 + data[64:])
+    with pytest.raises(IOError, match=r"corrupt or truncated TFRecord shard .*test-00000-of-00001"):
+        list(records.iterate_shard(path))
+
+
+def test_missing_meta_says_how_to_make_the_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a finished tf-holstein dataset"):
+        records.load_split(tmp_path, "train")
+
+
+def test_unknown_split_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="valid splits: train, val, test"):
+        records.list_shards(tmp_path, "training")
+
+
+def test_newer_schema_is_refused(tmp_path):
+    (tmp_path / records.META_FILE).write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(ValueError, match="schema version 99"):
+        records.read_meta(tmp_path)
+
+
+def test_scales_are_max_abs_statistics():
+    t = random_trajectory(np.random.default_rng(4), T=3, L=4)
+    batch = {k: v[None] for k, v in t.items()}
+    scales = records.trajectory_scales(batch, 0.8)
+    assert scales["rho"] == pytest.approx(max(np.abs(t["rho"].real).max(),
+                                              np.abs(t["rho"].imag).max()))
+    assert scales["Q"] == pytest.approx(np.abs(t["Q"]).max())
+    assert scales["delta_P"] == pytest.approx(np.abs(np.diff(t["P"], axis=0)).max())
+    # dQ/dt = K0 P at the mid states.
+    assert scales["dQ"] == pytest.approx(0.3 * np.abs(t["mid_P"]).max(), rel=1e-6)
+    assert set(scales) == set(records.SCALE_KEYS)
+    halves = [records.trajectory_scales({k: v[:, :2] if k.startswith("mid") else v[:, :3]
+                                         for k, v in batch.items()}, 0.8), scales]
+    assert records.merge_scales(halves) == scales

@@ -1,0 +1,221 @@
+"""TFRecord storage of trajectories: schema, atomic shard writing, reading, metadata.
+
+One `tf.train.Example` per trajectory, every array stored as the bytes of
+`tf.io.serialize_tensor` (TFRecord has no complex type, and parse_tensor is
+the fastest decoder):
+
+    rho      complex64 [T+1, L, L]   saved states, rho_ij = <c_j^dagger c_i>
+    Q, P     float32   [T+1, L]
+    mid_rho  complex64 [T, L, L]     state half-way through each save interval
+    mid_Q, mid_P float32 [T, L]
+    index    int64                   trajectory number within its split
+    phase    int64                   extra RK4 steps before the first saved state
+
+A dataset directory holds `{train,val,test}-NNNNN-of-MMMMM.tfrecord` and
+`meta.json` (protocol, counts, phases and the scaling constants).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from . import physics
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+META_FILE = "meta.json"
+STATE_KEYS = ("rho", "Q", "P")
+ARRAY_DTYPES = {"rho": tf.complex64, "Q": tf.float32, "P": tf.float32,
+                "mid_rho": tf.complex64, "mid_Q": tf.float32, "mid_P": tf.float32}
+SCALE_KEYS = ("rho", "Q", "P", "drho", "dQ", "dP", "delta_rho", "delta_Q", "delta_P")
+
+_FEATURES = {**{key: tf.io.FixedLenFeature([], tf.string) for key in ARRAY_DTYPES},
+             "index": tf.io.FixedLenFeature([], tf.int64),
+             "phase": tf.io.FixedLenFeature([], tf.int64)}
+_SHARD_PATTERN = re.compile(r"^(train|val|test)-(\d{5})-of-(\d{5})\.tfrecord$")
+
+
+def shard_name(split: str, shard: int, num_shards: int) -> str:
+    """`train-00003-of-00008.tfrecord`."""
+    return f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def list_shards(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The finished shards of a split, sorted; partial (temporary) files are never listed."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    directory = Path(dataset_dir)
+    return sorted(p for p in directory.glob(f"{split}-*.tfrecord")
+                  if _SHARD_PATTERN.match(p.name))
+
+
+def encode_trajectory(arrays: Mapping[str, np.ndarray], index: int, phase: int) -> bytes:
+    """One trajectory (the keys of ARRAY_DTYPES, without a batch axis) as an Example."""
+    feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[
+        tf.io.serialize_tensor(tf.convert_to_tensor(arrays[key], dtype)).numpy()]))
+        for key, dtype in ARRAY_DTYPES.items()}
+    feature["index"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)]))
+    feature["phase"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(phase)]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_trajectory(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Decodes one Example (graph-compatible, for tf.data): the arrays plus index, phase."""
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    out = {key: tf.io.parse_tensor(parsed[key], dtype) for key, dtype in ARRAY_DTYPES.items()}
+    out["index"] = parsed["index"]
+    out["phase"] = parsed["phase"]
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes a file under a temporary name in the same directory, then renames it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_shard(path: str | os.PathLike, examples: Iterable[bytes]) -> None:
+    """Writes serialized Examples to a TFRecord file atomically (temporary name, fsync, rename).
+
+    A crash leaves at most a hidden `.NAME.*.tmp` file, never a partial shard
+    under its final name.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for example in examples:
+                writer.write(example)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically writes indented, key-sorted JSON (byte-identical for equal objects)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_meta(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """The dataset's meta.json; a clear error if the directory is not a finished dataset."""
+    path = Path(dataset_dir) / META_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: {dataset_dir} is not a finished tf-holstein dataset "
+            f"(generate it with `python -m tf_holstein.datagen`, or finish an interrupted "
+            f"run by rerunning the same command)")
+    meta = json.loads(path.read_text())
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema version {meta.get('schema_version')!r}; this "
+                         f"tf-holstein reads version {SCHEMA_VERSION}")
+    return meta
+
+
+def iterate_shard(path: str | os.PathLike) -> Iterator[dict[str, np.ndarray]]:
+    """Yields the trajectories of one shard as NumPy dicts; a corrupt file is named."""
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            yield {k: v.numpy() for k, v in parse_trajectory(record).items()}
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        raise IOError(f"corrupt or truncated TFRecord shard {path}: {e.message.splitlines()[0]} "
+                      f"(delete it and rerun the datagen command to regenerate it)") from None
+
+
+def load_split(dataset_dir: str | os.PathLike, split: str) -> dict[str, Any]:
+    """A whole split as NumPy arrays, for small data, analysis and tests.
+
+    Returns `rho` complex64 [N, T+1, L, L], `Q`, `P` float32 [N, T+1, L],
+    `mid_rho`, `mid_Q`, `mid_P` [N, T, ...], `index` and `phase` int64 [N] (in
+    trajectory order), and `meta` (the dataset's meta.json).
+    """
+    meta = read_meta(dataset_dir)
+    shards = list_shards(dataset_dir, split)
+    expected = meta["splits"][split]["num_shards"]
+    if len(shards) != expected:
+        raise IOError(f"{dataset_dir} has {len(shards)} {split} shards, meta.json lists "
+                      f"{expected}: the dataset is incomplete")
+    L, T = meta["config"]["L"], meta["config"]["saved_steps"]
+    trajectories = []
+    for path in shards:
+        for trajectory in iterate_shard(path):
+            for key in ARRAY_DTYPES:
+                if trajectory[key].shape != _expected_shape(key, L, T):
+                    raise IOError(f"{path}: {key} has shape {trajectory[key].shape}, but "
+                                  f"meta.json (L={L}, T={T}) implies {_expected_shape(key, L, T)}")
+            trajectories.append(trajectory)
+    trajectories.sort(key=lambda t: int(t["index"]))
+    keys = (*ARRAY_DTYPES, "index", "phase")
+    if trajectories:
+        arrays = {key: np.stack([t[key] for t in trajectories]) for key in keys}
+    else:
+        arrays = {key: np.zeros((0, *_expected_shape(key, L, T)), ARRAY_DTYPES[key].as_numpy_dtype)
+                  if key in ARRAY_DTYPES else np.zeros((0,), np.int64) for key in keys}
+    arrays["meta"] = meta
+    return arrays
+
+
+def _expected_shape(key: str, L: int, T: int) -> tuple[int, ...]:
+    steps = T if key.startswith("mid_") else T + 1
+    return (steps, L, L) if key.endswith("rho") else (steps, L)
+
+
+def trajectory_scales(arrays: Mapping[str, np.ndarray], g: float) -> dict[str, float]:
+    """Max-abs statistics (SPEC section 3) of a batch of trajectories [N, T(+1), ...].
+
+    rho over real and imaginary parts; the derivatives are the exact right-hand
+    side at coupling g evaluated (in float64) at the stored mid states; the
+    deltas are the differences of consecutive saved states.
+    """
+    def max_abs(x: np.ndarray) -> float:
+        x = np.asarray(x)
+        if np.iscomplexobj(x):
+            return float(max(np.max(np.abs(x.real), initial=0.0),
+                             np.max(np.abs(x.imag), initial=0.0)))
+        return float(np.max(np.abs(x), initial=0.0))
+
+    drho, dQ, dP = physics.rhs(tf.constant(arrays["mid_rho"], tf.complex128),
+                               tf.constant(arrays["mid_Q"], tf.float64),
+                               tf.constant(arrays["mid_P"], tf.float64), g)
+    scales = {key: max_abs(arrays[key]) for key in STATE_KEYS}
+    scales.update({f"d{key}": max_abs(d.numpy()) for key, d in zip(STATE_KEYS, (drho, dQ, dP))})
+    scales.update({f"delta_{key}": max_abs(np.diff(arrays[key], axis=1)) for key in STATE_KEYS})
+    return scales
+
+
+def merge_scales(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Combines per-shard max-abs statistics into the dataset's."""
+    merged = {key: 0.0 for key in SCALE_KEYS}
+    for part in parts:
+        merged = {key: max(merged[key], float(part[key])) for key in SCALE_KEYS}
+    return merged
+
+
+def scales_from_records(dataset_dir: str | os.PathLike, split: str, g: float
+                        ) -> dict[str, float]:
+    """The scaling constants of a split, streamed shard by trajectory (bounded memory).
+
+    For users who bring their own TFRecords of the documented schema.
+    """
+    parts = (trajectory_scales({k: v[None] for k, v in t.items()}, g)
+             for path in list_shards(dataset_dir, split) for t in iterate_shard(path))
+    return merge_scales(parts)
