@@ -68,15 +68,118 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Network architecture (SPEC section 3): `cnn` (standard CNN) or `parc`."""
+
+    kind: str = "cnn"
+    channels: int = 16
+    n_blocks: int = 1
+    dropout: float = 0.2
+
+    def validate(self) -> "ModelConfig":
+        if self.kind not in ("cnn", "parc"):
+            raise ValueError(f"invalid model config: kind must be 'cnn' or 'parc', got "
+                             f"{self.kind!r}")
+        if self.channels < 1 or self.n_blocks < 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"invalid model config: need channels >= 1, n_blocks >= 0 and "
+                             f"0 <= dropout < 1, got {self}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: `epochs` of `batches_per_epoch` optimizer steps each,
+    predicting `n_step` steps from inputs with noise of std `noise`."""
+
+    epochs: int
+    n_step: int
+    noise: float
+    batches_per_epoch: int
+
+    def __str__(self) -> str:
+        return f"{self.epochs}:{self.n_step}:{self.noise:g}:{self.batches_per_epoch}"
+
+
+def parse_stages(text: str) -> tuple[Stage, ...]:
+    """`"20:1:0.02:8192,40:8:0.02:8192"` (epochs:n_step:noise:batches_per_epoch, ...)."""
+    stages = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 4:
+            raise ValueError(f"bad stage {item!r}: write epochs:n_step:noise:batches_per_epoch, "
+                             f"stages separated by commas")
+        try:
+            stages.append(Stage(int(parts[0]), int(parts[1]), float(parts[2]), int(parts[3])))
+        except ValueError:
+            raise ValueError(f"bad stage {item!r}: epochs, n_step and batches_per_epoch are "
+                             f"integers, noise a number") from None
+    return tuple(stages)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the curriculum (SPEC section 4); `batch_size` is the global batch."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 64
+    eta_min: float = 0.1
+    warmup_steps: int = 500
+    clip_norm: float = 1.0
+    derivative_weight: float = 1.0  # PARC: weight of the derivative loss terms
+    stages: tuple[Stage, ...] = (Stage(20, 1, 0.02, 8192), Stage(40, 8, 0.02, 8192))
+    train_seed: int = 0
+    val_batches: int = 8  # batches of validation windows for the multi-step loss
+    val_rollout_steps: int = 0  # steps of the validation rollout metric; 0: whole trajectories
+    select_by: str = "rollout"  # best model by the rollout metric, or by the validation "loss"
+    jit_compile: bool = True
+
+    def validate(self) -> "TrainConfig":
+        problems = []
+        if not self.stages:
+            problems.append("at least one curriculum stage is needed")
+        for stage in self.stages:
+            if stage.epochs < 1 or stage.n_step < 1 or stage.batches_per_epoch < 1 or \
+                    stage.noise < 0:
+                problems.append(f"stage {stage} needs epochs, n_step, batches_per_epoch >= 1 "
+                                f"and noise >= 0")
+        if self.lr <= 0 or self.batch_size < 1 or not 0 <= self.eta_min <= 1:
+            problems.append("need lr > 0, batch_size >= 1 and 0 <= eta_min <= 1")
+        if self.select_by not in ("rollout", "loss"):
+            problems.append(f"select_by must be 'rollout' or 'loss', got {self.select_by!r}")
+        if problems:
+            raise ValueError("invalid train config: " + "; ".join(problems))
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.epochs * s.batches_per_epoch for s in self.stages)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-    """A named experiment: its data protocol (model and training join later)."""
+    """A named experiment: data protocol, model and training."""
 
     name: str
     data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def validate(self) -> "Config":
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        return self
 
 
 def _field_types(obj: Any) -> dict[str, type]:
     return {f.name: type(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def field_types(config: Config) -> dict[str, dict[str, type]]:
+    """{section: {field: type}} of every overridable field."""
+    return {f.name: _field_types(getattr(config, f.name)) for f in dataclasses.fields(config)
+            if dataclasses.is_dataclass(getattr(config, f.name))}
 
 
 def override(config: Config, overrides: Mapping[str, Any]) -> Config:
@@ -111,6 +214,8 @@ def override(config: Config, overrides: Mapping[str, Any]) -> Config:
 def _convert(value: Any, kind: type, key: str) -> Any:
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
+    if kind is tuple:
+        return parse_stages(value) if isinstance(value, str) else tuple(value)
     try:
         if kind is bool:
             if isinstance(value, str):

@@ -1,9 +1,9 @@
-"""Named experiments. SPEC section 2 holds the paper's protocols."""
+"""Named experiments. SPEC section 2 holds the paper's protocols, section 4 its training."""
 from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import Config, DataConfig
+from .base import Config, DataConfig, ModelConfig, Stage, TrainConfig
 
 SHALLOW = DataConfig(name="shallow", L=16, g_i=0.5, g_f=0.8, noise=1e-4, save_interval=64,
                      pre_steps=0, saved_steps=1200, n_train=64, n_val=4, n_test=64)
@@ -11,16 +11,48 @@ DEEP = DataConfig(name="deep", L=32, g_i=0.0, g_f=1.0, noise=1e-4, save_interval
                   pre_steps=6400, saved_steps=1000, n_train=1228, n_val=32, n_test=256,
                   shard_size=16)
 
+TINY_CNN = ModelConfig(kind="cnn", channels=16, n_blocks=1, dropout=0.2)
+MEDIUM_PARC = ModelConfig(kind="parc", channels=128, n_blocks=4, dropout=0.2)
+
+# The reference's cheaper shallow schedule (SPEC section 4: lr 1e-3, weight decay 1e-2,
+# batch 128, eta_min 0, n_step 1 then 8 in a 2:1 ratio of optimizer steps), sized for
+# the 2-core CPU rather than a GPU.
+SHALLOW_CPU = TrainConfig(lr=1e-3, weight_decay=1e-2, batch_size=128, eta_min=0.0,
+                          stages=(Stage(18, 1, 0.02, 1000), Stage(9, 8, 0.02, 1000)))
+
+_DEEP_BATCHES = 8192
+DEEP_PAPER = TrainConfig(
+    lr=1e-4, weight_decay=1e-5, batch_size=32, eta_min=0.01, select_by="loss",
+    stages=tuple(Stage(epochs, n_step, noise, _DEEP_BATCHES * multiple)
+                 for epochs, n_step, noise, multiple in (
+                     (6, 1, 0.0, 4), (6, 1, 2e-3, 4), (3, 2, 4e-3, 4), (3, 2, 6e-3, 4),
+                     (3, 4, 8e-3, 2), (3, 4, 1e-2, 2), (3, 8, 1.2e-2, 1), (3, 8, 1.4e-2, 1),
+                     (3, 8, 1.6e-2, 1), (3, 8, 1.8e-2, 1), (25, 16, 2e-2, 1))))
+
 PRESETS: dict[str, Config] = {
-    "shallow": Config("shallow", SHALLOW),
-    "shallow_L32": Config("shallow_L32", replace(SHALLOW, L=32)),
-    "deep": Config("deep", DEEP),
-    "deep_L16": Config("deep_L16", replace(DEEP, L=16, n_train=128, n_val=8, n_test=64, shard_size=8)),
-    # Seconds-sized protocols for tests.
+    "shallow": Config("shallow", SHALLOW, TINY_CNN, SHALLOW_CPU),
+    "shallow_L32": Config("shallow_L32", replace(SHALLOW, L=32), TINY_CNN, SHALLOW_CPU),
+    "deep": Config("deep", DEEP, MEDIUM_PARC, DEEP_PAPER),
+    "deep_L16": Config("deep_L16", replace(DEEP, L=16, n_train=128, n_val=8, n_test=64,
+                                           shard_size=8),
+                       ModelConfig(kind="parc", channels=16, n_blocks=1, dropout=0.0),
+                       replace(DEEP_PAPER, lr=1e-3, batch_size=64, warmup_steps=200,
+                               stages=(Stage(4, 1, 0.0, 500), Stage(4, 2, 4e-3, 500),
+                                       Stage(4, 4, 1e-2, 500)))),
+    # Seconds-sized experiments for tests.
     "smoke": Config("smoke", DataConfig(name="smoke", L=8, saved_steps=12, save_interval=8,
-                                        n_train=4, n_val=2, n_test=2, shard_size=2)),
+                                        n_train=4, n_val=2, n_test=2, shard_size=2),
+                    ModelConfig(kind="cnn", channels=8, n_blocks=1, dropout=0.0),
+                    TrainConfig(lr=3e-3, weight_decay=0.0, batch_size=16, eta_min=0.1,
+                                warmup_steps=5, stages=(Stage(2, 1, 0.0, 25),
+                                                        Stage(1, 2, 0.0, 25)),
+                                val_batches=2)),
     "smoke_deep": Config("smoke_deep", DataConfig(name="smoke_deep", L=8, g_i=0.0, g_f=1.0,
                                                   save_interval=8, pre_steps=16, saved_steps=12,
-                                                  n_train=4, n_val=2, n_test=2,
-                                                  shard_size=2)),
+                                                  n_train=4, n_val=2, n_test=2, shard_size=2),
+                         ModelConfig(kind="parc", channels=8, n_blocks=1, dropout=0.0),
+                         TrainConfig(lr=3e-3, weight_decay=0.0, batch_size=16, eta_min=0.1,
+                                     warmup_steps=5, stages=(Stage(1, 1, 0.0, 20),
+                                                             Stage(1, 2, 0.01, 20)),
+                                     val_batches=2, select_by="loss")),
 }

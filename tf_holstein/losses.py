@@ -1,4 +1,9 @@
-"""The training loss of SPEC section 4: a sum of RMS errors per state component."""
+"""The training loss of SPEC section 4: a sum of RMS errors per state component.
+
+The RMS of a component is over the whole global batch, the predicted steps
+and the sites, so under a distribution strategy the squared-error sums and
+counts are what replicas combine (`squared_error_sums`), not per-replica RMS.
+"""
 from __future__ import annotations
 
 from typing import Mapping
@@ -8,29 +13,37 @@ import tensorflow as tf
 COMPONENTS = ("rho_diag", "rho_offdiag", "Q", "P")
 
 
-def rms(error: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
-    """sqrt(mean |error|^2) over all entries (complex errors by modulus), or over `mask`."""
-    squared = tf.math.real(error * tf.math.conj(error)) if error.dtype.is_complex \
-        else tf.square(error)
-    if mask is None:
-        return tf.sqrt(tf.reduce_mean(squared))
-    mask = tf.broadcast_to(tf.cast(mask, squared.dtype), tf.shape(squared))
-    return tf.sqrt(tf.reduce_sum(squared * mask) / tf.reduce_sum(mask))
+def _squared(error: tf.Tensor) -> tf.Tensor:
+    """|error|^2, complex errors by modulus."""
+    if error.dtype.is_complex:
+        return tf.math.real(error * tf.math.conj(error))
+    return tf.square(error)
+
+
+def squared_error_sums(pred: Mapping[str, tf.Tensor], target: Mapping[str, tf.Tensor]
+                       ) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+    """(sum of |label - prediction|^2, number of entries) per component, float32 scalars.
+
+    pred, target: `rho` complex [..., L, L], `Q`, `P` float [..., L] of equal shapes.
+    The components: rho's diagonal, rho's off-diagonal elements, Q and P.
+    """
+    rho = _squared(pred["rho"] - target["rho"])
+    diagonal = tf.reduce_sum(tf.linalg.diag_part(rho))
+    out = {"rho_diag": (diagonal, tf.cast(tf.size(rho) // rho.shape[-1], tf.float32)),
+           "rho_offdiag": (tf.reduce_sum(rho) - diagonal,
+                           tf.cast(tf.size(rho) // rho.shape[-1] * (rho.shape[-1] - 1),
+                                   tf.float32))}
+    for key in ("Q", "P"):
+        squared = _squared(pred[key] - target[key])
+        out[key] = (tf.reduce_sum(squared), tf.cast(tf.size(squared), tf.float32))
+    return out
 
 
 def component_losses(pred: Mapping[str, tf.Tensor], target: Mapping[str, tf.Tensor]
                      ) -> dict[str, tf.Tensor]:
-    """RMS errors of rho's diagonal, rho's off-diagonal, Q and P over batch, steps and sites.
-
-    pred, target: `rho` complex [..., L, L], `Q`, `P` float [..., L] of equal shapes.
-    """
-    error = pred["rho"] - target["rho"]
-    L = error.shape[-1]
-    diagonal = tf.eye(L, dtype=tf.float32)
-    return {"rho_diag": rms(tf.linalg.diag_part(error)),
-            "rho_offdiag": rms(error, 1.0 - diagonal),
-            "Q": rms(pred["Q"] - target["Q"]),
-            "P": rms(pred["P"] - target["P"])}
+    """RMS errors of rho's diagonal, rho's off-diagonal, Q and P over batch, steps and sites."""
+    return {key: tf.sqrt(total / count)
+            for key, (total, count) in squared_error_sums(pred, target).items()}
 
 
 def total_loss(components: Mapping[str, tf.Tensor]) -> tf.Tensor:
