@@ -63,7 +63,10 @@ def encode_trajectory(arrays: Mapping[str, np.ndarray], index: int, phase: int) 
         for key, dtype in ARRAY_DTYPES.items()}
     feature["index"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)]))
     feature["phase"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(phase)]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # Deterministic: map entries in a fixed order, so equal trajectories give equal bytes
+    # in any process.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def parse_trajectory(serialized: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -1,0 +1,189 @@
+"""Dataset generation: protocol semantics, determinism, resume, scale-out, refusals."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tf_holstein import datagen, physics, records
+from tf_holstein.configs import get_config
+
+SMOKE = get_config("smoke").data  # L = 8, 12 saved steps, 4/2/2 trajectories, shards of 2
+
+
+def numpy_rk4(rho, Q, P, g, dt, steps):
+    """Plain complex128 RK4 of SPEC section 1, independent of the library."""
+    L = Q.shape[-1]
+    hop = -(np.eye(L, k=1) + np.eye(L, k=-1) + np.eye(L, k=L - 1) + np.eye(L, k=1 - L))
+
+    def f(rho, Q, P):
+        H = hop - g * np.diag(Q)
+        return (-1j * (H @ rho - rho @ H), physics.K0 * P,
+                physics.ETA * g * (np.diag(rho).real - 0.5) - physics.K0 * Q)
+
+    state = (rho, Q, P)
+    for _ in range(steps):
+        k1 = f(*state)
+        k2 = f(*(s + dt / 2 * k for s, k in zip(state, k1)))
+        k3 = f(*(s + dt / 2 * k for s, k in zip(state, k2)))
+        k4 = f(*(s + dt * k for s, k in zip(state, k3)))
+        state = tuple(s + dt / 6 * (a + 2 * b + 2 * c + d)
+                      for s, a, b, c, d in zip(state, k1, k2, k3, k4))
+    return state
+
+
+def shard_bytes(dataset_dir):
+    return {p.name: p.read_bytes() for p in sorted(Path(dataset_dir).glob("*.tfrecord"))}
+
+
+@pytest.fixture(scope="module")
+def smoke_dataset(tmp_path_factory):
+    return datagen.generate(SMOKE, tmp_path_factory.mktemp("data"), progress=False)
+
+
+def test_layout_and_meta(smoke_dataset):
+    names = sorted(p.name for p in smoke_dataset.glob("*.tfrecord"))
+    assert names == ["test-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord",
+                     "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord"]
+    meta = records.read_meta(smoke_dataset)
+    assert meta["config"] == dataclasses.asdict(SMOKE)
+    assert set(meta["scales"]) == set(records.SCALE_KEYS)
+    assert all(v > 0 for v in meta["scales"].values())
+    assert [meta["splits"][s]["num_trajectories"] for s in records.SPLITS] == [4, 2, 2]
+    # Phases spread evenly over [0, save_interval) before shuffling.
+    assert sorted(meta["splits"]["train"]["phases"]) == [0, 2, 4, 6]
+
+
+def test_load_split_shapes_and_invariants(smoke_dataset):
+    data = records.load_split(smoke_dataset, "train")
+    n, T, L = 4, SMOKE.saved_steps, SMOKE.L
+    assert data["rho"].shape == (n, T + 1, L, L) and data["rho"].dtype == np.complex64
+    assert data["Q"].shape == data["P"].shape == (n, T + 1, L) and data["Q"].dtype == np.float32
+    assert data["mid_rho"].shape == (n, T, L, L) and data["mid_P"].shape == (n, T, L)
+    np.testing.assert_array_equal(data["index"], np.arange(n))
+    np.testing.assert_array_equal(data["phase"], data["meta"]["splits"]["train"]["phases"])
+    rho = data["rho"].astype(np.complex128)
+    np.testing.assert_allclose(np.trace(rho, axis1=-2, axis2=-1).real, L / 2, atol=1e-5)
+    np.testing.assert_allclose(rho, np.conj(np.swapaxes(rho, -1, -2)), atol=1e-6)
+    # The scales in meta.json are those of the train split.
+    recomputed = records.trajectory_scales(data, SMOKE.g_f)
+    for key, value in data["meta"]["scales"].items():
+        assert value == pytest.approx(recomputed[key], rel=1e-6)
+
+
+def test_protocol_phases_and_mid_states_match_plain_rk4(smoke_dataset):
+    data = records.load_split(smoke_dataset, "train")
+    k = int(np.argmax(data["phase"]))  # the trajectory with the largest phase offset
+    noise_Q, noise_P = datagen.trajectory_noise(SMOKE, "train", [k])
+    rho0, Q0, P0 = (x.numpy()[0] for x in physics.initial_state(SMOKE.L, SMOKE.g_i,
+                                                                    noise_Q, noise_P))
+    state = numpy_rk4(rho0, Q0, P0, SMOKE.g_f, SMOKE.dt, SMOKE.pre_steps + int(data["phase"][k]))
+    half = SMOKE.save_interval // 2
+    for step in range(3):
+        for key, value in zip(("rho", "Q", "P"), state):
+            np.testing.assert_allclose(data[key][k, step], value, atol=2e-7)
+        mid = numpy_rk4(*state, SMOKE.g_f, SMOKE.dt, half)
+        for key, value in zip(("mid_rho", "mid_Q", "mid_P"), mid):
+            np.testing.assert_allclose(data[key][k, step], value, atol=2e-7)
+        state = numpy_rk4(*mid, SMOKE.g_f, SMOKE.dt, SMOKE.save_interval - half)
+
+
+def test_deterministic_for_a_seed(smoke_dataset, tmp_path):
+    again = datagen.generate(SMOKE, tmp_path / "a", progress=False)
+    assert shard_bytes(again) == shard_bytes(smoke_dataset)
+    other = datagen.generate(dataclasses.replace(SMOKE, seed=1), tmp_path / "b", progress=False)
+    assert shard_bytes(other).keys() == shard_bytes(smoke_dataset).keys()
+    assert all(shard_bytes(other)[k] != v for k, v in shard_bytes(smoke_dataset).items())
+
+
+def test_tasks_and_interrupted_runs_complete_to_the_same_shards(smoke_dataset, tmp_path):
+    # Task 0 of 2 writes every other shard; meta.json must wait for the rest.
+    partial = datagen.generate(SMOKE, tmp_path, num_tasks=2, task_index=0, progress=False)
+    assert 0 < len(shard_bytes(partial)) < 4
+    assert not (partial / records.META_FILE).exists()
+    with pytest.raises(RuntimeError, match="shards are missing"):
+        datagen.merge(SMOKE, partial)
+    # A writer killed mid-shard leaves only a hidden temporary file.
+    (partial / ".train-00001-of-00002.tfrecord.x1y2.tmp").write_bytes(b"half a shard")
+    before = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.tfrecord")}
+    datagen.generate(SMOKE, tmp_path, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.tfrecord")}
+    assert all(after[name] == mtime for name, mtime in before.items())  # not redone
+    assert shard_bytes(partial) == shard_bytes(smoke_dataset)
+    assert (partial / records.META_FILE).read_bytes() == \
+        (smoke_dataset / records.META_FILE).read_bytes()
+
+
+def test_workers_give_the_same_shards(smoke_dataset, tmp_path):
+    parallel = datagen.generate(SMOKE, tmp_path, workers=2, progress=False)
+    assert shard_bytes(parallel) == shard_bytes(smoke_dataset)
+
+
+def run_datagen(*args):
+    return subprocess.Popen([sys.executable, "-m", "tf_holstein.datagen", "--noprogress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    args = ["--config", "smoke", "--saved_steps", "300", "--n_train", "8", "--n_val", "0",
+            "--n_test", "0", "--shard_size", "1"]
+    killed = run_datagen(*args, "--data_dir", str(tmp_path / "killed"))
+    dataset = tmp_path / "killed" / "smoke_L8"
+    deadline = time.time() + 120
+    while not list(dataset.glob("*.tfrecord")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    written = len(list(dataset.glob("*.tfrecord")))
+    assert 1 <= written < 8, "the run should have been killed part-way"
+    assert run_datagen(*args, "--data_dir", str(tmp_path / "killed")).wait() == 0
+    assert run_datagen(*args, "--data_dir", str(tmp_path / "clean")).wait() == 0
+    assert shard_bytes(dataset) == shard_bytes(tmp_path / "clean" / "smoke_L8")
+    assert len(shard_bytes(dataset)) == 8 and (dataset / records.META_FILE).exists()
+
+
+def test_refuses_a_directory_made_with_other_parameters(smoke_dataset):
+    before = shard_bytes(smoke_dataset)
+    with pytest.raises(ValueError, match=r"different parameters \(seed: 0 there, 5 requested\)"):
+        datagen.generate(dataclasses.replace(SMOKE, seed=5), smoke_dataset.parent,
+                         progress=False)
+    assert shard_bytes(smoke_dataset) == before
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"L": 7}, "L must be an even integer >= 4"),
+    ({"L": 2}, "L must be an even integer >= 4"),
+    ({"dt": 0.0}, "dt must be positive"),
+    ({"dt": -0.01}, "dt must be positive"),
+    ({"save_interval": 0}, "save_interval must be an integer >= 2"),
+    ({"n_train": -1}, "n_train must be a non-negative integer"),
+    ({"n_test": -3}, "n_test must be a non-negative integer"),
+    ({"g_f": -0.8}, "g_f must be non-negative"),
+    ({"g_i": -0.1}, "g_i must be non-negative"),
+    ({"noise": -1e-4}, "noise must be non-negative"),
+])
+def test_bad_protocols_are_rejected_with_their_reason(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        get_config("smoke", **overrides)
+
+
+def test_unknown_config_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown config 'shalow'; valid configs: .*shallow"):
+        get_config("shalow")
+    with pytest.raises(ValueError, match=r"unknown config field 'LL'; valid fields: .*data\.L"):
+        get_config("smoke", LL=8)
+
+
+def test_command_line_reports_bad_input_clearly(tmp_path):
+    result = run_datagen("--config", "smoke", "--L", "9", "--data_dir", str(tmp_path))
+    _, stderr = result.communicate()
+    assert result.returncode != 0
+    assert "datagen: error: invalid data config: L must be an even integer >= 4" in stderr
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,305 @@
+"""python -m tf_holstein.datagen: exact quench trajectories into sharded TFRecords.
+
+    python -m tf_holstein.datagen --config shallow --L 32 --data_dir data
+
+Writes `<data_dir>/<name>_L<L>/{train,val,test}-NNNNN-of-MMMMM.tfrecord` and,
+once every shard exists, `meta.json`. A shard is the unit of work: it is
+written under a temporary name and renamed when complete, so a rerun after
+any interruption (kill -9 included) only does the missing shards. Every
+trajectory's noise and phase derive from (seed, split, index) alone, so the
+result does not depend on how the work was split between tasks or workers.
+Scale out with `--num_tasks N --task_index i` (one call per machine or SLURM
+array element; the last to finish writes meta.json) or `--workers K` local
+processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import queue
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from tf_holstein import cli, physics, records
+from tf_holstein.cli import FLAGS
+from tf_holstein.configs import DataConfig
+
+PROTOCOL_FILE = "protocol.json"
+_SPLIT_IDS = {split: i for i, split in enumerate(records.SPLITS)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+    """Trajectories [start, stop) of a split, written as one shard."""
+
+    split: str
+    shard: int
+    num_shards: int
+    start: int
+    stop: int
+
+    @property
+    def filename(self) -> str:
+        return records.shard_name(self.split, self.shard, self.num_shards)
+
+
+def plan_shards(config: DataConfig) -> list[ShardJob]:
+    """All shards of the dataset, split by split, each of at most `shard_size` trajectories."""
+    jobs = []
+    for split, n in config.split_sizes().items():
+        num_shards = -(-n // config.shard_size)
+        jobs += [ShardJob(split, k, num_shards, k * config.shard_size,
+                          min(n, (k + 1) * config.shard_size)) for k in range(num_shards)]
+    return jobs
+
+
+def split_phases(config: DataConfig, split: str) -> np.ndarray:
+    """Phase offsets int64 [n]: spread evenly over [0, save_interval), then shuffled."""
+    n = config.split_sizes()[split]
+    phases = (np.arange(n) * config.save_interval) // max(n, 1)
+    rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], 1])
+    return rng.permutation(phases).astype(np.int64)
+
+
+def trajectory_noise(config: DataConfig, split: str, indices: Sequence[int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Initial-state noise on Q and P, float64 [len(indices), L], one stream per trajectory."""
+    draws = [np.random.default_rng([config.seed, _SPLIT_IDS[split], 0, int(i)]).normal(
+        0.0, config.noise, size=(2, config.L)) for i in indices]
+    draws = np.stack(draws) if draws else np.zeros((0, 2, config.L))
+    return draws[:, 0], draws[:, 1]
+
+
+def rk4_steps_per_trajectory(config: DataConfig) -> int:
+    """RK4 steps of one trajectory, ignoring its phase (< save_interval)."""
+    return config.pre_steps + config.saved_steps * config.save_interval
+
+
+def simulate_shard(config: DataConfig, job: ShardJob,
+                   on_steps: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Integrates the trajectories of one shard: arrays [n, T(+1), ...] as stored."""
+    from tf_holstein import simulate  # imported here: TensorFlow starts in the worker
+
+    indices = np.arange(job.start, job.stop)
+    noise_Q, noise_P = trajectory_noise(config, job.split, indices)
+    rho0, Q0, P0 = physics.initial_state(config.L, config.g_i, noise_Q, noise_P)
+    chunks = list(simulate.simulate(
+        rho0, Q0, P0, g=config.g_f, dt=config.dt, save_interval=config.save_interval,
+        saved_steps=config.saved_steps, pre_steps=config.pre_steps,
+        phases=split_phases(config, job.split)[indices], on_steps=on_steps))
+    return {key: np.concatenate([c[key] for c in chunks], axis=1) for key in records.ARRAY_DTYPES}
+
+
+def write_shard_job(config: DataConfig, job: ShardJob, dataset_dir: Path,
+                    on_steps: Callable[[int], None] | None = None) -> None:
+    """Simulates and writes one shard with its statistics sidecar (both atomically)."""
+    arrays = simulate_shard(config, job, on_steps)
+    phases = split_phases(config, job.split)
+    records.write_json(dataset_dir / _stats_name(job.filename),
+                       records.trajectory_scales(arrays, config.g_f))
+    records.write_shard(dataset_dir / job.filename, (
+        records.encode_trajectory({k: v[n] for k, v in arrays.items()}, i, phases[i])
+        for n, i in enumerate(range(job.start, job.stop))))
+
+
+def _stats_name(shard_filename: str) -> str:
+    return "." + shard_filename.replace(".tfrecord", ".stats.json")
+
+
+def prepare_dataset_dir(config: DataConfig, data_dir: str | os.PathLike) -> Path:
+    """Creates the dataset directory, or checks that an existing one has the same protocol.
+
+    Raises ValueError naming the differing parameters: data is never overwritten.
+    """
+    dataset_dir = Path(data_dir) / config.dataset_name
+    protocol = {"schema_version": records.SCHEMA_VERSION, "config": dataclasses.asdict(config)}
+    path = dataset_dir / PROTOCOL_FILE
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing != protocol:
+            old = existing.get("config", {})
+            diffs = [f"{k}: {old.get(k)!r} there, {v!r} requested"
+                     for k, v in protocol["config"].items() if old.get(k) != v]
+            if existing.get("schema_version") != records.SCHEMA_VERSION:
+                diffs.append(f"schema_version: {existing.get('schema_version')!r} there")
+            raise ValueError(
+                f"{dataset_dir} already holds a dataset made with different parameters "
+                f"({'; '.join(diffs)}). Nothing was written: choose another --data_dir or "
+                f"--name, or delete that directory to regenerate it.")
+    else:
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        records.write_json(path, protocol)
+    return dataset_dir
+
+
+def missing_jobs(config: DataConfig, dataset_dir: Path) -> list[ShardJob]:
+    return [job for job in plan_shards(config) if not (dataset_dir / job.filename).exists()]
+
+
+def merge(config: DataConfig, dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """Writes meta.json once every shard exists: protocol, counts, phases and scales."""
+    dataset_dir = Path(dataset_dir)
+    missing = missing_jobs(config, dataset_dir)
+    if missing:
+        raise RuntimeError(f"cannot merge {dataset_dir}: {len(missing)} shards are missing "
+                           f"(first: {missing[0].filename}); run the remaining tasks first")
+    train = [job for job in plan_shards(config) if job.split == "train"]
+    scales = records.merge_scales(_shard_scales(config, dataset_dir, job) for job in train)
+    meta = {
+        "schema_version": records.SCHEMA_VERSION,
+        "dataset": config.dataset_name,
+        "config": dataclasses.asdict(config),
+        "physics": {"hopping": physics.HOPPING, "K0": physics.K0, "eta": physics.ETA,
+                    "kT": physics.KT, "G1": physics.ETA * config.g_f},
+        "L": config.L,
+        "T": config.saved_steps,
+        "time_step": config.dt * config.save_interval,
+        "splits": {split: {"num_trajectories": n,
+                           "num_shards": -(-n // config.shard_size),
+                           "phases": split_phases(config, split).tolist()}
+                   for split, n in config.split_sizes().items()},
+        "scales": scales,
+    }
+    records.write_json(dataset_dir / records.META_FILE, meta)
+    return meta
+
+
+def _shard_scales(config: DataConfig, dataset_dir: Path, job: ShardJob) -> dict[str, float]:
+    sidecar = dataset_dir / _stats_name(job.filename)
+    if sidecar.exists():
+        return json.loads(sidecar.read_text())
+    parts = (records.trajectory_scales({k: v[None] for k, v in t.items()}, config.g_f)
+             for t in records.iterate_shard(dataset_dir / job.filename))
+    return records.merge_scales(parts)
+
+
+class _Progress:
+    """A tqdm bar over trajectory RK4 steps, with the trajectory count alongside."""
+
+    def __init__(self, jobs: Sequence[ShardJob], config: DataConfig, enabled: bool):
+        from tqdm import tqdm
+
+        self.trajectories = sum(job.stop - job.start for job in jobs)
+        self.done = 0
+        self.bar = tqdm(total=self.trajectories * rk4_steps_per_trajectory(config),
+                        unit=" traj-steps", unit_scale=True, disable=not enabled,
+                        desc=config.dataset_name, dynamic_ncols=True, smoothing=0.1)
+        self._show()
+
+    def steps(self, n: int) -> None:
+        self.bar.update(n)
+
+    def shard_done(self, job: ShardJob) -> None:
+        self.done += job.stop - job.start
+        self._show()
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(f"trajectories {self.done}/{self.trajectories}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _worker_init(threads: int, events: "multiprocessing.Queue[Any]") -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    global _EVENTS
+    _EVENTS = events
+
+
+_EVENTS: "multiprocessing.Queue[Any] | None" = None
+
+
+def _worker_job(config: DataConfig, job: ShardJob, dataset_dir: str) -> ShardJob:
+    n = job.stop - job.start
+    write_shard_job(config, job, Path(dataset_dir), lambda steps: _EVENTS.put(steps * n))
+    return job
+
+
+def generate(config: DataConfig, data_dir: str | os.PathLike, *, num_tasks: int = 1,
+             task_index: int = 0, workers: int = 1, progress: bool = True) -> Path:
+    """Writes this task's missing shards, and meta.json if the dataset is then complete.
+
+    Returns the dataset directory. Idempotent: completed shards are not redone.
+    """
+    config.validate()
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise ValueError(f"need num_tasks >= 1 and 0 <= task_index < num_tasks, got "
+                         f"num_tasks={num_tasks}, task_index={task_index}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    dataset_dir = prepare_dataset_dir(config, data_dir)
+    jobs = [job for k, job in enumerate(plan_shards(config))
+            if k % num_tasks == task_index and not (dataset_dir / job.filename).exists()]
+    bar = _Progress(jobs, config, progress)
+    try:
+        if workers == 1:
+            for job in jobs:
+                n = job.stop - job.start
+                write_shard_job(config, job, dataset_dir, lambda steps: bar.steps(steps * n))
+                bar.shard_done(job)
+        else:
+            _run_pool(config, jobs, dataset_dir, workers, bar)
+    finally:
+        bar.close()
+    if not missing_jobs(config, dataset_dir) and not (dataset_dir / records.META_FILE).exists():
+        merge(config, dataset_dir)
+    return dataset_dir
+
+
+def _run_pool(config: DataConfig, jobs: Sequence[ShardJob], dataset_dir: Path, workers: int,
+              bar: _Progress) -> None:
+    """Runs shards in `workers` spawned processes sharing the cores, relaying progress."""
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with context.Pool(workers, _worker_init, (threads, events)) as pool:
+        pending = [pool.apply_async(_worker_job, (config, job, str(dataset_dir))) for job in jobs]
+        while pending:
+            try:
+                bar.steps(events.get(timeout=0.2))
+            except queue.Empty:
+                pass
+            for result in [r for r in pending if r.ready()]:
+                bar.shard_done(result.get())
+                pending.remove(result)
+        while not events.empty():
+            bar.steps(events.get())
+
+
+flags.DEFINE_integer("num_tasks", 1, "number of tasks (processes or machines) sharing the shards")
+flags.DEFINE_integer("task_index", 0, "this task's index in [0, num_tasks)")
+flags.DEFINE_integer("workers", 1, "local worker processes (one per core is fastest)")
+flags.DEFINE_bool("merge", False, "only write meta.json of a dataset whose shards all exist")
+flags.DEFINE_bool("progress", True, "show a progress bar")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = cli.config_from_flags(sections=["data"]).data
+        if FLAGS.merge:
+            dataset_dir = Path(FLAGS.data_dir) / config.dataset_name
+            prepare_dataset_dir(config, FLAGS.data_dir)
+            merge(config, dataset_dir)
+        else:
+            dataset_dir = generate(config, FLAGS.data_dir, num_tasks=FLAGS.num_tasks,
+                                   task_index=FLAGS.task_index, workers=FLAGS.workers,
+                                   progress=FLAGS.progress)
+    except (ValueError, RuntimeError, IOError) as e:
+        sys.exit(f"datagen: error: {e}")
+    state = "complete" if (dataset_dir / records.META_FILE).exists() else "incomplete"
+    print(f"{dataset_dir}: {state}")
+
+
+if __name__ == "__main__":
+    app.run(main)
