@@ -259,9 +259,7 @@ def _parse(path: tf.Tensor, serialized: tf.Tensor, keys: Sequence[str], L: int |
     Only the requested features are decoded, so the mid states cost nothing
     unless derivative labels are wanted.
     """
-    features = tf.io.parse_single_example(
-        serialized, {key: tf.io.FixedLenFeature([], tf.string) for key in keys})
-    arrays = {key: tf.io.parse_tensor(features[key], records.ARRAY_DTYPES[key]) for key in keys}
+    arrays = records.parse_trajectory(serialized, keys)
     if L is None:
         return arrays
     states = tf.shape(arrays["Q"], out_type=tf.int64)[0]

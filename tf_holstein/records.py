@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -69,8 +69,16 @@ def encode_trajectory(arrays: Mapping[str, np.ndarray], index: int, phase: int) 
         deterministic=True)
 
 
-def parse_trajectory(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Decodes one Example (graph-compatible, for tf.data): the arrays plus index, phase."""
+def parse_trajectory(serialized: tf.Tensor, keys: Sequence[str] | None = None
+                     ) -> dict[str, tf.Tensor]:
+    """Decodes one Example (graph-compatible, for tf.data).
+
+    keys: the arrays to decode (of ARRAY_DTYPES), to skip the others' cost; by
+    default all of them plus `index` and `phase`.
+    """
+    if keys is not None:
+        parsed = tf.io.parse_single_example(serialized, {key: _FEATURES[key] for key in keys})
+        return {key: tf.io.parse_tensor(parsed[key], ARRAY_DTYPES[key]) for key in keys}
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
     out = {key: tf.io.parse_tensor(parsed[key], dtype) for key, dtype in ARRAY_DTYPES.items()}
     out["index"] = parsed["index"]
