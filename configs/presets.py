@@ -9,7 +9,7 @@ SHALLOW = DataConfig(name="shallow", L=16, g_i=0.5, g_f=0.8, noise=1e-4, save_in
                      pre_steps=0, saved_steps=1200, n_train=64, n_val=4, n_test=64)
 DEEP = DataConfig(name="deep", L=32, g_i=0.0, g_f=1.0, noise=1e-4, save_interval=256,
                   pre_steps=6400, saved_steps=1000, n_train=1228, n_val=32, n_test=256,
-                  shard_size=16)
+                  shard_size=32)
 
 TINY_CNN = ModelConfig(kind="cnn", channels=16, n_blocks=1, dropout=0.2)
 MEDIUM_PARC = ModelConfig(kind="parc", channels=128, n_blocks=4, dropout=0.2)

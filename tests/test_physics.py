@@ -25,7 +25,7 @@ def test_stencil_rhs_equals_dense_commutator():
     rho, Q, P = random_state(np.random.default_rng(0), 3, 8)
     got = physics.rhs(tf.constant(rho), tf.constant(Q), tf.constant(P), 0.7)
     for a, b in zip(got, dense_rhs(rho, Q, P, 0.7)):
-        np.testing.assert_allclose(a.numpy(), b, atol=1e-13)
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-14, atol=1e-14)
 
 
 def test_rhs_in_single_precision_matches_double():

@@ -17,9 +17,12 @@ KT = 1e-8  # temperature of the Fermi-Dirac ground state
 CDW_SEED_AMPLITUDE = 0.25  # staggered start of the self-consistent CDW iteration
 
 
-def stagger(L: int, dtype: tf.DType = tf.float64) -> tf.Tensor:
-    """s_i = (-1)^(i+1) for 0-based sites: -1 on even sites, +1 on odd ones. [L]"""
-    return tf.constant([(-1.0) ** (i + 1) for i in range(L)], dtype=dtype)
+def stagger(L: int | tf.Tensor, dtype: tf.DType = tf.float64) -> tf.Tensor:
+    """s_i = (-1)^(i+1) for 0-based sites: -1 on even sites, +1 on odd ones. [L]
+
+    L may be a tensor, so that graphs serving any chain length can use it.
+    """
+    return tf.cast(2 * (tf.range(L) % 2) - 1, dtype)
 
 
 def commutator_with_h(m: tf.Tensor, Q: tf.Tensor, g: float) -> tf.Tensor:
@@ -30,9 +33,10 @@ def commutator_with_h(m: tf.Tensor, Q: tf.Tensor, g: float) -> tf.Tensor:
     """
     hop = (tf.roll(m, -1, axis=-2) + tf.roll(m, 1, axis=-2)
            - tf.roll(m, -1, axis=-1) - tf.roll(m, 1, axis=-1))
-    q = tf.cast(Q, m.dtype)
-    return tf.cast(-HOPPING, m.dtype) * hop - tf.cast(g, m.dtype) * (
-        q[..., :, None] - q[..., None, :]) * m
+    # g multiplies the real Q difference first: casting a Python float straight to a
+    # complex dtype would round it through float32.
+    coupling = tf.cast(g * (Q[..., :, None] - Q[..., None, :]), m.dtype)
+    return tf.cast(-HOPPING, m.dtype) * hop - coupling * m
 
 
 def rhs(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float
@@ -65,8 +69,7 @@ def energy(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float) -> tf.Tensor:
 
 def order_parameters(rho: tf.Tensor, Q: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """CDW order parameters (Delta_rho, Delta_Q) = (1/L) sum_i s_i (Re rho_ii, Q_i). [...]"""
-    L = Q.shape[-1]
-    s = stagger(L, Q.dtype)
+    s = stagger(tf.shape(Q)[-1], Q.dtype)
     density = tf.math.real(tf.linalg.diag_part(rho))
     return tf.reduce_mean(s * density, axis=-1), tf.reduce_mean(s * Q, axis=-1)
 
