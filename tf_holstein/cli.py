@@ -20,6 +20,7 @@ _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFI
 
 flags.DEFINE_string("config", "shallow", f"named experiment: {', '.join(sorted(PRESETS))}")
 flags.DEFINE_string("data_dir", "data", "parent directory of the dataset directories")
+flags.DEFINE_bool("progress", True, "show progress bars")
 for _section, _fields in _SECTIONS.items():
     for _field, _kind in _fields.items():
         _DEFINE[_kind](_field, None, f"override {_section}.{_field} of the config"

@@ -279,7 +279,6 @@ flags.DEFINE_integer("num_tasks", 1, "number of tasks (processes or machines) sh
 flags.DEFINE_integer("task_index", 0, "this task's index in [0, num_tasks)")
 flags.DEFINE_integer("workers", 1, "local worker processes (one per core is fastest)")
 flags.DEFINE_bool("merge", False, "only write meta.json of a dataset whose shards all exist")
-flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
 def main(argv: Sequence[str]) -> None:

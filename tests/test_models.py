@@ -1,0 +1,235 @@
+"""The two models: codec, presets, symmetry, initial identity, dropout, saving and rollouts."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_holstein import models
+
+# The shallow-quench scales at L = 16 (SPEC section 3); drho etc. as the reference's kwargs.
+SCALES = {"rho": 0.7065, "Q": 0.5187, "P": 0.1406, "drho": 0.03766, "dQ": 0.04215,
+          "dP": 0.03482, "delta_rho": 0.02141, "delta_Q": 0.02691, "delta_P": 0.02181}
+TOL = 2e-6  # float32 round-off on outputs of order 0.1-1
+
+
+def random_state(batch: int, L: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A Hermitian, CDW-like state of physical magnitude."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(batch, L, L)) + 1j * rng.normal(size=(batch, L, L))
+    rho = 0.5 * np.eye(L) + 0.05 * (a + np.conj(np.swapaxes(a, 1, 2)))
+    stagger = np.where(np.arange(L) % 2 == 0, -1.0, 1.0)
+    Q = 0.1 * stagger + 0.02 * rng.normal(size=(batch, L))
+    P = 0.02 * rng.normal(size=(batch, L))
+    return {"rho": rho.astype(np.complex64), "Q": Q.astype(np.float32),
+            "P": P.astype(np.float32)}
+
+
+def shift(state: dict, sites: int = 1) -> dict:
+    """The chain translated by `sites`: rho_ij -> rho_{i-1, j-1}, Q_i -> Q_{i-1}."""
+    return {"rho": np.roll(np.asarray(state["rho"]), sites, axis=(-2, -1)),
+            "Q": np.roll(np.asarray(state["Q"]), sites, axis=-1),
+            "P": np.roll(np.asarray(state["P"]), sites, axis=-1)}
+
+
+def assert_states_close(a: dict, b: dict, atol: float = TOL) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=atol,
+                                   err_msg=key)
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    keras.utils.set_random_seed(0)
+
+
+def small_model(kind: str, **overrides) -> models.HolsteinModel:
+    """A trained-looking small model: output convs not at zero, so steps do something."""
+    return models.build_model(kind, "tiny", SCALES,
+                              **{"channels": 8, "zero_init_output": False, **overrides})
+
+
+def test_codec_layout_and_round_trip():
+    state = random_state(2, 6)
+    image = models.encode(state).numpy()
+    assert image.shape == (2, 6, 6, 4) and image.dtype == np.float32
+    np.testing.assert_array_equal(image[..., 0], state["rho"].real)
+    np.testing.assert_array_equal(image[..., 1], state["rho"].imag)
+    np.testing.assert_array_equal(image[..., 2], np.stack([np.diag(q) for q in state["Q"]]))
+    np.testing.assert_array_equal(image[..., 3], np.stack([np.diag(p) for p in state["P"]]))
+    decoded = models.decode(image)
+    for key in models.STATE_KEYS:
+        np.testing.assert_array_equal(decoded[key].numpy(), state[key])
+
+
+def test_preset_parameter_counts():
+    def count(model):
+        return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+    assert count(models.build_model("cnn", "tiny", SCALES)) == 5_364
+    assert count(models.build_model("parc", "tiny", SCALES)) == 2 * 5_364
+    assert count(models.build_model("parc", "medium", SCALES)) == 2 * 1_187_972
+    # The scales are weights too, but not trainable ones.
+    assert len(models.build_model("parc", "tiny", SCALES).non_trainable_weights) == 4
+
+
+def test_scales_are_validated():
+    with pytest.raises(ValueError, match="missing: \\['delta_P'\\]"):
+        models.HolsteinCNN({k: v for k, v in SCALES.items() if k != "delta_P"})
+    with pytest.raises(ValueError, match="positive"):
+        models.HolsteinCNN({**SCALES, "Q": 0.0})
+    with pytest.raises(ValueError, match="valid kinds"):
+        models.build_model("unet", "tiny", SCALES)
+    with pytest.raises(ValueError, match="valid presets"):
+        models.build_model("cnn", "huge", SCALES)
+
+
+def test_scales_enter_as_input_and_output_factors():
+    model = models.HolsteinPARC(SCALES, channels=8, n_blocks=1)
+    np.testing.assert_allclose(model.differentiator.in_scale.numpy(),
+                               [1 / 0.7065, 1 / 0.7065, 1 / 0.5187, 1 / 0.1406], rtol=1e-7)
+    np.testing.assert_allclose(model.differentiator.out_scale.numpy(),
+                               [0.03766, 0.03766, 0.04215, 0.03482], rtol=1e-7)
+    np.testing.assert_allclose(model.integrator.in_scale.numpy(),
+                               [1 / 0.03766, 1 / 0.03766, 1 / 0.04215, 1 / 0.03482], rtol=1e-7)
+    np.testing.assert_allclose(model.integrator.out_scale.numpy(),
+                               [0.02141, 0.02141, 0.02691, 0.02181], rtol=1e-7)
+
+
+def test_untrained_models_start_as_the_identity_step():
+    state = random_state(3, 8)
+    cnn = models.build_model("cnn", "tiny", SCALES)
+    np.testing.assert_array_equal(cnn.step(state)["rho"].numpy(), state["rho"])
+    assert_states_close(cnn.step(state), state, atol=0)
+    parc = models.build_model("parc", "tiny", SCALES)
+    next_state, derivatives = parc.step(state, return_derivatives=True)
+    assert_states_close(next_state, state, atol=0)
+    # The differentiator does not start at zero: PARC learns du/dt from the first step.
+    assert np.abs(derivatives["Q"].numpy()).max() > 0
+
+
+def test_parc_derivatives_have_the_state_shapes_and_dtypes():
+    state = random_state(3, 10)
+    next_state, derivatives = small_model("parc").step(state, return_derivatives=True)
+    for key in models.STATE_KEYS:
+        assert derivatives[key].shape == state[key].shape
+        assert derivatives[key].dtype == next_state[key].dtype == tf.as_dtype(state[key].dtype)
+    with pytest.raises(ValueError, match="no differentiator"):
+        small_model("cnn").step(state, return_derivatives=True)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+@pytest.mark.parametrize("L", [8, 10])
+def test_a_step_commutes_with_translations(kind, L):
+    model = small_model(kind)
+    state = random_state(2, L)
+    stepped = model.step(state)
+    assert np.abs(stepped["Q"].numpy() - state["Q"]).max() > 1e-3  # the step is not trivial
+    for sites in (1, 3):
+        assert_states_close(model.step(shift(state, sites)), shift(stepped, sites))
+
+
+def test_translation_by_one_site_flips_the_order_parameters():
+    state = random_state(3, 8)
+    d_rho, d_q = models._order_parameters(state["rho"], state["Q"])
+    stagger = np.where(np.arange(8) % 2 == 0, -1.0, 1.0)
+    np.testing.assert_allclose(d_q, (stagger * state["Q"]).mean(-1), rtol=1e-6)
+    np.testing.assert_allclose(d_rho, (stagger * np.diagonal(state["rho"].real, axis1=1, axis2=2))
+                               .mean(-1), rtol=1e-6, atol=1e-8)
+    shifted = shift(state)
+    flipped = models._order_parameters(shifted["rho"], shifted["Q"])
+    np.testing.assert_allclose(flipped[0], -d_rho, atol=1e-7)
+    np.testing.assert_allclose(flipped[1], -d_q, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_dropout_acts_only_in_training(kind):
+    model = small_model(kind, dropout=0.5)
+    state = random_state(4, 8)
+    inference = model.step(state)
+    assert_states_close(model.step(state), inference, atol=0)
+    assert_states_close(model(state), inference, atol=0)
+    first, second = model.step(state, training=True), model.step(state, training=True)
+    assert np.abs(first["Q"].numpy() - inference["Q"].numpy()).max() > 1e-4
+    assert np.abs(first["Q"].numpy() - second["Q"].numpy()).max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_keras_file_round_trip_gives_identical_outputs(kind, tmp_path):
+    model = small_model(kind, n_blocks=2, dropout=0.1)
+    state = random_state(2, 8)
+    path = tmp_path / f"{kind}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model)
+    assert loaded.get_config() == model.get_config()
+    assert loaded.scales == model.scales
+    for ours, theirs in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+    assert_states_close(loaded.step(state), model.step(state), atol=0)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_rollout_equals_repeated_steps(kind, jit_compile):
+    model = small_model(kind)
+    state = random_state(2, 8)
+    return_derivatives = model.has_derivatives
+    rolled = model.rollout(state, 4, return_derivatives=return_derivatives,
+                           jit_compile=jit_compile)
+    states, derivatives = rolled if return_derivatives else (rolled, None)
+    assert states["rho"].shape == (2, 4, 8, 8) and states["Q"].shape == (2, 4, 8)
+    current = state
+    for k in range(4):
+        if return_derivatives:
+            current, derivative = model.step(current, return_derivatives=True)
+            assert_states_close({key: v[:, k] for key, v in derivatives.items()}, derivative,
+                                atol=1e-5)
+        else:
+            current = model.step(current)
+        assert_states_close({key: v[:, k] for key, v in states.items()}, current)
+    order = model.rollout(state, 4, order_parameters_only=True, jit_compile=jit_compile)
+    expected = models._order_parameters(states["rho"], states["Q"])
+    np.testing.assert_allclose(order["Delta_rho"], expected[0], atol=1e-7)
+    np.testing.assert_allclose(order["Delta_Q"], expected[1], atol=1e-7)
+
+
+def test_rollout_rejects_bad_requests():
+    model = small_model("parc")
+    state = random_state(1, 8)
+    with pytest.raises(ValueError, match="n_steps"):
+        model.rollout(state, 0)
+    with pytest.raises(ValueError, match="not both"):
+        model.rollout(state, 2, return_derivatives=True, order_parameters_only=True)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_training_rollout_is_differentiable(mode):
+    """The PARC loss needs gradients through a multi-step rollout and the derivatives."""
+    model = small_model("parc", dropout=0.2)
+    state = {key: tf.constant(value) for key, value in random_state(2, 8).items()}
+
+    def loss_and_grads(state):
+        with tf.GradientTape() as tape:
+            states, derivatives = model.rollout(state, 3, training=True,
+                                                return_derivatives=True)
+            loss = (tf.reduce_mean(tf.abs(states["rho"] - state["rho"][:, None]) ** 2)
+                    + tf.reduce_mean(states["Q"] ** 2)
+                    + tf.reduce_mean(tf.abs(derivatives["rho"]) ** 2))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    if mode != "eager":
+        loss_and_grads = tf.function(loss_and_grads, jit_compile=mode == "xla")
+    loss, grads = loss_and_grads(state)
+    assert np.isfinite(loss.numpy())
+    for weight, grad in zip(model.trainable_weights, grads):
+        assert grad is not None, weight.path
+        assert np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).max() > 0, weight.path
+
+
+def test_the_same_model_runs_on_any_even_length():
+    model = small_model("parc")
+    for L in (6, 12):
+        state = random_state(1, L)
+        rolled = model.rollout(state, 2)
+        assert rolled["rho"].shape == (1, 2, L, L) and rolled["P"].shape == (1, 2, L)

@@ -1,0 +1,182 @@
+"""Training: the loss falls, replicas agree with one device, resume is exact, exports reload."""
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_holstein import datagen, train
+from tf_holstein.configs import get_config
+
+SMOKE = get_config("smoke")
+EXPECTED_TAGS = {"loss/total", "loss/rho_diag", "loss/rho_offdiag", "loss/Q", "loss/P",
+                 "learning_rate", "grad_norm", "samples_per_sec", "val_loss/total",
+                 "val_rollout/Delta_rho_rmse_over_std", "val_rollout/Delta_Q_rmse_over_std",
+                 "val/order_parameters"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data")
+    datagen.generate(SMOKE.data, directory, progress=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    tic = time.perf_counter()
+    summary = train.run(SMOKE, data_dir, workdir, progress=False)
+    return workdir, summary, time.perf_counter() - tic
+
+
+def scalar_events(workdir):
+    events = {}
+    for path in Path(workdir, "tensorboard").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                events.setdefault(value.tag, []).append(
+                    (event.step, float(tf.make_ndarray(value.tensor).ravel()[0])
+                     if value.metadata.plugin_data.plugin_name == "scalars" else None))
+    return events
+
+
+def test_smoke_training_halves_the_loss_quickly(smoke_run):
+    workdir, summary, seconds = smoke_run
+    assert seconds < 120
+    losses = sorted(scalar_events(workdir)["loss/total"])
+    first, last = losses[0], losses[-1]
+    assert first[0] == 1 and last[0] == SMOKE.train.total_steps
+    assert last[1] < 0.5 * first[1], losses
+    assert summary["optimizer_steps"] == SMOKE.train.total_steps
+    assert set(summary["timings"]) == {"data_s", "train_s", "export_s"}
+
+
+def test_tensorboard_has_every_tag(smoke_run):
+    assert EXPECTED_TAGS <= set(scalar_events(smoke_run[0]))
+
+
+def test_saved_model_rollout_equals_the_keras_model(smoke_run, data_dir):
+    workdir = smoke_run[0]
+    loaded = tf.saved_model.load(str(workdir / "export" / "saved_model"))
+    model = keras.saving.load_model(str(workdir / "export" / "model.keras"))
+    rng = np.random.default_rng(0)
+    L = SMOKE.data.L
+    state = {"rho": (rng.normal(size=(2, L, L)) * 0.1 + np.eye(L) * 0.5).astype(np.complex64),
+             "Q": rng.normal(size=(2, L)).astype(np.float32) * 0.1,
+             "P": rng.normal(size=(2, L)).astype(np.float32) * 0.1}
+    expected = model.rollout(state, 5)
+    got = loaded.rollout(rho_real=tf.math.real(state["rho"]), rho_imag=tf.math.imag(state["rho"]),
+                         Q=state["Q"], P=state["P"], n_steps=tf.constant(5))
+    np.testing.assert_allclose(got["rho_real"], np.real(expected["rho"]), atol=1e-6)
+    np.testing.assert_allclose(got["rho_imag"], np.imag(expected["rho"]), atol=1e-6)
+    np.testing.assert_allclose(got["Q"], expected["Q"], atol=1e-6)
+    step = loaded.signatures["step"](rho_real=tf.math.real(state["rho"]),
+                                     rho_imag=tf.math.imag(state["rho"]),
+                                     Q=tf.constant(state["Q"]), P=tf.constant(state["P"]))
+    np.testing.assert_allclose(step["P"], expected["P"][:, 0], atol=1e-6)
+
+
+def test_two_replicas_match_one_device(data_dir, tmp_path):
+    config = dataclasses.replace(SMOKE, train=dataclasses.replace(
+        SMOKE.train, jit_compile=False, clip_norm=0.05))  # the clip is active
+    dataset_dir = data_dir / config.data.dataset_name
+    results = []
+    for devices in (["/cpu:0"], ["/cpu:0", "/cpu:1"]):
+        trainer = train.Trainer(config, dataset_dir, tmp_path / str(len(devices)),
+                                tf.distribute.MirroredStrategy(devices))
+        stage = config.train.stages[0]
+        step, batches = trainer.train_step(stage.n_step), iter(trainer.train_dataset(0, stage))
+        metrics = [step(next(batches)) for _ in range(3)]
+        results.append(([float(m["loss/total"]) for m in metrics],
+                        [v.numpy() for v in trainer.model.trainable_variables]))
+    (loss1, weights1), (loss2, weights2) = results
+    np.testing.assert_allclose(loss1, loss2, rtol=1e-5)
+    for a, b in zip(weights1, weights2):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.allclose(weights1[0], train.Trainer(
+        config, dataset_dir, tmp_path / "fresh").model.trainable_variables[0].numpy())
+
+
+def run_train(*args, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tf_holstein.train", "--noprogress", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+
+
+def checkpoint_weights(workdir):
+    reader = tf.train.load_checkpoint(str(Path(workdir) / "checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("model/")}
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(data_dir, tmp_path):
+    args = ["--config", "smoke", "--data_dir", str(data_dir)]
+    clean = run_train(*args, "--workdir", str(tmp_path / "clean"))
+    killed = run_train(*args, "--workdir", str(tmp_path / "killed"))
+    first = tmp_path / "killed" / "checkpoints" / "ckpt-1.index"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert first.exists()
+    assert not (tmp_path / "killed" / "summary.json").exists(), "killed too late"
+    resumed = run_train(*args, "--workdir", str(tmp_path / "killed"), "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert clean.wait() == 0, clean.stderr.read()
+    a, b = checkpoint_weights(tmp_path / "clean"), checkpoint_weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_process_multi_worker_training(data_dir, tmp_path):
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    workers = [run_train("--config", "smoke", "--data_dir", str(data_dir),
+                         "--workdir", str(tmp_path / "run"), "--stages", "1:1:0.0:10",
+                         env={"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                       "task": {"type": "worker",
+                                                                "index": i}})})
+               for i in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["replicas"] == 2
+    assert summary["optimizer_steps"] == 10
+    assert np.isfinite(summary["final"]["loss/total"])
+
+
+def test_bad_config_name_or_field(tmp_path):
+    result = run_train("--config", "shalow", "--workdir", str(tmp_path))
+    assert result.wait() != 0
+    assert "unknown config 'shalow'; valid configs:" in result.stderr.read()
+    with pytest.raises(ValueError, match="bad stage '3:1': write epochs:n_step:noise"):
+        get_config("smoke", stages="3:1")
+    with pytest.raises(ValueError, match="unknown config field 'learning_rate'"):
+        get_config("smoke", learning_rate=1e-3)
+
+
+def test_refuses_to_reuse_a_workdir_without_resume(smoke_run, data_dir):
+    with pytest.raises(ValueError, match="already holds a run: pass --resume"):
+        train.run(SMOKE, data_dir, smoke_run[0], progress=False)

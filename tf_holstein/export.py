@@ -1,0 +1,106 @@
+"""Export a trained model as a SavedModel with `step` and `rollout` serving signatures.
+
+The SavedModel needs only TensorFlow to run: complex tensors are split into
+float32 real and imaginary parts at the boundary, so any client (TF Serving,
+`saved_model_cli`, `pipelines/batch_inference.py`) can feed it.
+
+    step(rho_real, rho_imag [B, L, L], Q, P [B, L])
+        -> rho_real, rho_imag [B, L, L], Q, P [B, L], Delta_rho, Delta_Q [B]
+    rollout(rho_real, rho_imag, Q, P, n_steps int32 scalar)
+        -> the same keys with a step axis: [B, n_steps, ...]
+    rollout_order_parameters(rho_real, rho_imag, Q, P, n_steps)
+        -> Delta_rho, Delta_Q [B, n_steps] (memory independent of L^2 * n_steps)
+
+`assets/tf_holstein.json` beside the graph records the model's config and
+scales, and the dataset's protocol when known.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+import tensorflow as tf
+
+from tf_holstein import models, physics
+
+SIGNATURES = ("step", "rollout", "rollout_order_parameters")
+METADATA_ASSET = "tf_holstein.json"
+
+_STATE_SPEC = [tf.TensorSpec([None, None, None], tf.float32, name="rho_real"),
+               tf.TensorSpec([None, None, None], tf.float32, name="rho_imag"),
+               tf.TensorSpec([None, None], tf.float32, name="Q"),
+               tf.TensorSpec([None, None], tf.float32, name="P")]
+_STEPS_SPEC = tf.TensorSpec([], tf.int32, name="n_steps")
+
+
+def _state(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
+           ) -> dict[str, tf.Tensor]:
+    return {"rho": tf.complex(rho_real, rho_imag), "Q": Q, "P": P}
+
+
+def _outputs(state: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    delta_rho, delta_q = physics.order_parameters(state["rho"], state["Q"])
+    return {"rho_real": tf.math.real(state["rho"]), "rho_imag": tf.math.imag(state["rho"]),
+            "Q": state["Q"], "P": state["P"], "Delta_rho": delta_rho, "Delta_Q": delta_q}
+
+
+def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
+                 metadata: Mapping[str, Any] | None = None) -> Path:
+    """Writes `directory/saved_model/` and `directory/model.keras`, each atomically.
+
+    Returns the SavedModel path. metadata (e.g. the dataset's protocol) is stored in
+    the SavedModel's assets with the model's config.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def step(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
+             ) -> dict[str, tf.Tensor]:
+        return _outputs(model.step(_state(rho_real, rho_imag, Q, P)))
+
+    def rollout(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor,
+                n_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        return _outputs(model.rollout(_state(rho_real, rho_imag, Q, P), n_steps))
+
+    def rollout_order_parameters(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor,
+                                 P: tf.Tensor, n_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        return model.rollout(_state(rho_real, rho_imag, Q, P), n_steps,
+                             order_parameters_only=True)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("step", step, input_signature=_STATE_SPEC)
+    archive.add_endpoint("rollout", rollout, input_signature=[*_STATE_SPEC, _STEPS_SPEC])
+    archive.add_endpoint("rollout_order_parameters", rollout_order_parameters,
+                         input_signature=[*_STATE_SPEC, _STEPS_SPEC])
+
+    saved_model = directory / "saved_model"
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".saved_model."))
+    try:
+        archive.write_out(str(staging), verbose=False)
+        (staging / "assets").mkdir(exist_ok=True)
+        (staging / "assets" / METADATA_ASSET).write_text(json.dumps(
+            {"model_class": type(model).__name__,
+             "model_config": json.loads(json.dumps(model.get_config(), default=str)),
+             **(metadata or {})}, indent=2, sort_keys=True))
+        if saved_model.exists():
+            shutil.rmtree(saved_model)
+        os.replace(staging, saved_model)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    keras_path = directory / "model.keras"
+    tmp = directory / f".{os.getpid()}.tmp.keras"
+    model.save(str(tmp))
+    os.replace(tmp, keras_path)
+    return saved_model
+
+
+def read_metadata(saved_model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The metadata an export stored beside the graph."""
+    return json.loads((Path(saved_model_dir) / "assets" / METADATA_ASSET).read_text())

@@ -1,0 +1,237 @@
+"""Building blocks of the paper's networks: periodic convolutions and pre-activation residual blocks.
+
+Images are channels-last, `[batch, L, L, channels]`, on a periodic L x L grid
+(the density matrix of a ring: index i + L is index i). Everything here is
+faithful to the reference PyTorch implementation (`CNNnd`, `CNNnd_Block` of
+apning/holstein-parc), so that its checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+TANH_GAIN = 5.0 / 3.0  # torch.nn.init.calculate_gain("tanh")
+LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, used by the reference
+
+
+def xavier_uniform(gain: float = TANH_GAIN) -> keras.initializers.Initializer:
+    """Glorot/Xavier-uniform with a gain: U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)).
+
+    Equals `torch.nn.init.xavier_uniform_(w, gain)`; fans count the receptive field as torch does.
+    """
+    return keras.initializers.VarianceScaling(scale=gain**2, mode="fan_avg",
+                                              distribution="uniform")
+
+
+def circular_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
+    """Wraps `pad` rows and columns around both spatial axes of `x: [batch, H, W, C]`.
+
+    Its gradient folds the halo back onto the edges it copies, in one pass: autodiff of the
+    slices would build a full-size zero tensor per slice, which made padding as costly as
+    the convolutions at the paper's sizes.
+    """
+    if pad == 0:
+        return x
+
+    @tf.custom_gradient
+    def wrap(x: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+        def fold(grad: tf.Tensor) -> tf.Tensor:
+            return _fold_halo(_fold_halo(grad, pad, axis=1), pad, axis=2)
+
+        return _wrap_axis(_wrap_axis(x, pad, axis=1), pad, axis=2), fold
+
+    return wrap(x)
+
+
+def _wrap_axis(x: tf.Tensor, pad: int, axis: int) -> tf.Tensor:
+    """[..., n, ...] -> [..., n + 2 pad, ...]: the last `pad` entries before, the first after."""
+    return tf.concat([_take(x, -pad, None, axis), x, _take(x, None, pad, axis)], axis=axis)
+
+
+def _fold_halo(grad: tf.Tensor, pad: int, axis: int) -> tf.Tensor:
+    """Adjoint of `_wrap_axis`: [..., n + 2 pad, ...] -> [..., n, ...], halo added to its source."""
+    head = _take(grad, pad, 2 * pad, axis) + _take(grad, -pad, None, axis)
+    middle = _take(grad, 2 * pad, -2 * pad, axis)
+    tail = _take(grad, -2 * pad, -pad, axis) + _take(grad, None, pad, axis)
+    return tf.concat([head, middle, tail], axis=axis)
+
+
+def _take(x: tf.Tensor, start: int | None, stop: int | None, axis: int) -> tf.Tensor:
+    """x[start:stop] along `axis` (1 or 2)."""
+    return x[:, start:stop] if axis == 1 else x[:, :, start:stop]
+
+
+@keras.saving.register_keras_serializable(package="tf_holstein")
+class CircularConv2D(keras.layers.Layer):
+    """A stride-1 2D cross-correlation with circular ("wrap") padding: the output keeps H and W.
+
+    Same as torch `Conv2d(padding="same", padding_mode="circular")` for odd kernels: wrap by
+    kernel_size // 2 on each side, then a VALID convolution.
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 3, zero_init: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer (symmetric circular "
+                             f"padding), got {kernel_size!r}")
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.zero_init = zero_init
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        k = self.kernel_size
+        self.kernel = self.add_weight(
+            name="kernel", shape=(k, k, input_shape[-1], self.filters),
+            initializer="zeros" if self.zero_init else xavier_uniform())
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        x = circular_pad(x, self.kernel_size // 2)
+        return ops.conv(x, self.kernel, padding="valid") + self.bias
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "zero_init": self.zero_init}
+
+
+@keras.saving.register_keras_serializable(package="tf_holstein")
+class ChannelLayerNorm(keras.layers.Layer):
+    """LayerNorm of each pixel over its channels, with scale and bias: torch's `LayerNorm(C)`
+    applied channels-last (biased variance, epsilon inside the square root).
+
+    Its hand-written gradient is a few fused passes instead of autodiff's graph of
+    broadcasts, which made the normalisation a large part of a training step.
+    """
+
+    def __init__(self, epsilon: float = LAYER_NORM_EPSILON, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        epsilon = self.epsilon
+
+        @tf.custom_gradient
+        def normalise(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> tuple[tf.Tensor, Any]:
+            centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+            inv_std = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+                                    + epsilon)
+            x_hat = centred * inv_std
+
+            def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                pixels = tf.range(tf.rank(dy) - 1)
+                g = dy * gamma
+                dx = inv_std * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
+                                - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
+                return dx, tf.reduce_sum(dy * x_hat, axis=pixels), tf.reduce_sum(dy, axis=pixels)
+
+            return x_hat * gamma + beta, grad
+
+        return normalise(x, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="tf_holstein")
+class ResidualBlock(keras.layers.Layer):
+    """Pre-activation (ResNet-v2) block: x + conv(dropout(tanh(LN(conv(tanh(LN(x))))))).
+
+    LayerNorm normalises each pixel over its channels; the dropout drops whole channels
+    (SpatialDropout2D), and only in training.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, dropout: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.dropout_rate = dropout
+        self.ln1 = ChannelLayerNorm(name="ln1")
+        self.conv1 = CircularConv2D(channels, kernel_size, name="conv1")
+        self.ln2 = ChannelLayerNorm(name="ln2")
+        self.dropout = keras.layers.SpatialDropout2D(dropout, name="dropout")
+        self.conv2 = CircularConv2D(channels, kernel_size, name="conv2")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if input_shape[-1] != self.channels:
+            raise ValueError(f"a residual block of {self.channels} channels got an input of "
+                             f"{input_shape[-1]} channels")
+        for layer in (self.ln1, self.conv1, self.ln2, self.dropout, self.conv2):
+            layer.build(input_shape)
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        h = self.conv1(ops.tanh(self.ln1(x)))
+        h = self.dropout(ops.tanh(self.ln2(h)), training=training)
+        return x + self.conv2(h)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "channels": self.channels,
+                "kernel_size": self.kernel_size, "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="tf_holstein")
+class PreActResNet(keras.layers.Layer):
+    """The paper's network: conv k x k -> tanh -> residual blocks -> tanh -> conv 1x1.
+
+    `[batch, L, L, in] -> [batch, L, L, out_channels]`, for any L. With `zero_init_output`
+    the last conv starts at zero, so the network starts as the zero map.
+    """
+
+    def __init__(self, channels: int, n_blocks: int, out_channels: int = 4,
+                 kernel_size: int = 3, dropout: float = 0.0, zero_init_output: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks must be >= 1, got {n_blocks!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.channels = channels
+        self.n_blocks = n_blocks
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.dropout_rate = dropout
+        self.zero_init_output = zero_init_output
+        self.input_conv = CircularConv2D(channels, kernel_size, name="input_conv")
+        self.blocks = [ResidualBlock(channels, kernel_size, dropout, name=f"block_{i}")
+                       for i in range(n_blocks)]
+        self.output_conv = CircularConv2D(out_channels, 1, zero_init=zero_init_output,
+                                          name="output_conv")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.input_conv.build(input_shape)
+        hidden_shape = (*input_shape[:-1], self.channels)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.output_conv.build(hidden_shape)
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x = ops.tanh(self.input_conv(x))
+        for block in self.blocks:
+            x = block(x, training=training)
+        return self.output_conv(ops.tanh(x))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], self.out_channels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "channels": self.channels, "n_blocks": self.n_blocks,
+                "out_channels": self.out_channels, "kernel_size": self.kernel_size,
+                "dropout": self.dropout_rate, "zero_init_output": self.zero_init_output}
+

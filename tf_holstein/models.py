@@ -1,0 +1,347 @@
+"""The paper's two models as Keras models: the standard CNN and PARC (SPEC section 3).
+
+A state is the dict `{'rho': complex64 [batch, L, L], 'Q': float32 [batch, L],
+'P': float32 [batch, L]}`, in physical units (energies in units of t). One step
+advances it by the dataset's prediction interval:
+
+    standard CNN:  u -> u + N(u)
+    PARC:          u -> u + S(D(u)),  D(u) ~ du/dt at the mid-interval state
+
+Each network sees a 4-channel L x L image (`encode`): Re rho, Im rho, Q and P
+on diagonals; its inputs are divided by max-abs scales of the training data and
+its outputs multiplied by them (paper Appendix A). The architecture and every
+constant follow the reference PyTorch implementation, so that its checkpoints
+load (`tf_holstein.convert`) and reproduce its outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Mapping
+
+import keras
+import tensorflow as tf
+
+from tf_holstein.layers import PreActResNet
+
+STATE_KEYS = ("rho", "Q", "P")
+# The reference's `data_scalars`: max |.| over the training split of the state, of its time
+# derivative at the mid-interval states (drho = max |d rho / dt|, ...) and of the one-step
+# increments (delta_rho = max |rho(t + dt) - rho(t)|, ...).
+SCALE_KEYS = ("rho", "Q", "P", "drho", "dQ", "dP", "delta_rho", "delta_Q", "delta_P")
+
+State = dict[str, tf.Tensor]
+# Inference rollouts of batch * L * L up to this run faster XLA-compiled; larger ones run
+# faster on TensorFlow's oneDNN kernels (measured on 2 CPU cores, benchmarks/models.py).
+XLA_MAX_PIXELS = 8 * 32 * 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """Size of each network of a model (SPEC section 3)."""
+
+    channels: int
+    n_blocks: int
+    dropout: float = 0.2
+    kernel_size: int = 3
+
+
+PRESETS: dict[str, Architecture] = {
+    "tiny": Architecture(channels=16, n_blocks=1),  # shallow quench, standard CNN: 5,364 params
+    "medium": Architecture(channels=128, n_blocks=4),  # deep quench, PARC: 1,187,972 per network
+}
+
+
+def encode(state: Mapping[str, Any]) -> tf.Tensor:
+    """The state as an image `[batch, L, L, 4]`: [Re rho, Im rho, diag(Q), diag(P)]."""
+    rho = tf.cast(state["rho"], tf.complex64)
+    Q = tf.cast(state["Q"], tf.float32)
+    P = tf.cast(state["P"], tf.float32)
+    if rho.shape.rank != 3 or Q.shape.rank != 2 or P.shape.rank != 2:
+        raise ValueError(f"a state is rho [batch, L, L], Q and P [batch, L]; got shapes "
+                         f"{rho.shape}, {Q.shape}, {P.shape}")
+    return tf.stack([tf.math.real(rho), tf.math.imag(rho), tf.linalg.diag(Q), tf.linalg.diag(P)],
+                    axis=-1)
+
+
+def decode(image: tf.Tensor) -> State:
+    """Inverse of `encode`: rho from channels 0-1, Q and P from the diagonals of 2-3."""
+    return {"rho": tf.complex(image[..., 0], image[..., 1]),
+            "Q": tf.linalg.diag_part(image[..., 2]),
+            "P": tf.linalg.diag_part(image[..., 3])}
+
+
+def _state_mask(image: tf.Tensor) -> tf.Tensor:
+    """1 where `encode` puts state variables (all of rho, the diagonals of Q and P), else 0.
+
+    `image + mask * delta` equals `encode(decode(image) + decode(delta))` exactly.
+    """
+    eye = tf.eye(tf.shape(image)[-2], dtype=image.dtype)
+    ones = tf.ones_like(eye)
+    return tf.stack([ones, ones, eye, eye], axis=-1)  # [L, L, 4]
+
+
+def _order_parameters(rho: tf.Tensor, Q: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """CDW order parameters (1/L) sum_i s_i (Re rho_ii, Q_i), s_i = -1 on even 0-based sites.
+
+    rho: complex [..., L, L], Q: real [..., L] -> two real [...]. Same convention as
+    `tf_holstein.physics.order_parameters` (SPEC section 5).
+    """
+    sites = tf.range(tf.shape(Q)[-1])
+    stagger = tf.where(sites % 2 == 0, tf.constant(-1.0, Q.dtype), tf.constant(1.0, Q.dtype))
+    density = tf.math.real(tf.linalg.diag_part(rho))
+    return tf.reduce_mean(stagger * density, axis=-1), tf.reduce_mean(stagger * Q, axis=-1)
+
+
+def validate_scales(scales: Mapping[str, float]) -> dict[str, float]:
+    """The nine scaling constants as plain floats; ValueError naming missing or bad ones."""
+    missing = [key for key in SCALE_KEYS if key not in scales]
+    unknown = sorted(set(scales) - set(SCALE_KEYS))
+    if missing or unknown:
+        raise ValueError(f"scales need exactly the keys {', '.join(SCALE_KEYS)}; "
+                         f"missing: {missing or 'none'}, unknown: {unknown or 'none'}")
+    values = {key: float(scales[key]) for key in SCALE_KEYS}
+    bad = {key: value for key, value in values.items() if not (math.isfinite(value) and value > 0)}
+    if bad:
+        raise ValueError(f"scales must be finite and positive, got {bad}")
+    return values
+
+
+class _ScaledNetwork(keras.layers.Layer):
+    """image -> out_scale * net(in_scale * image), the scales per channel and non-trainable.
+
+    The factors are stored as float32 weights (the reference's `in_scale_*` and `out_scale_*`
+    buffers), so a converted checkpoint keeps its exact values.
+    """
+
+    def __init__(self, in_scale: tuple[float, ...], out_scale: tuple[float, ...],
+                 architecture: Architecture, zero_init_output: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.network = PreActResNet(architecture.channels, architecture.n_blocks, out_channels=4,
+                                    kernel_size=architecture.kernel_size,
+                                    dropout=architecture.dropout,
+                                    zero_init_output=zero_init_output, name="network")
+        self._initial_scales = (in_scale, out_scale)
+        self.build((None, None, None, 4))
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        in_scale, out_scale = self._initial_scales
+        self.in_scale = self.add_weight(name="in_scale", shape=(4,), trainable=False,
+                                        initializer=keras.initializers.Constant(in_scale))
+        self.out_scale = self.add_weight(name="out_scale", shape=(4,), trainable=False,
+                                         initializer=keras.initializers.Constant(out_scale))
+        self.network.build(input_shape)
+
+    def call(self, image: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        return self.network(image * self.in_scale, training=training) * self.out_scale
+
+
+def _channel_scales(scales: Mapping[str, float], prefix: str) -> tuple[float, float, float, float]:
+    """(s_rho, s_rho, s_Q, s_P) for one set of scales: rho's scale covers both of its channels."""
+    return tuple(scales[prefix + key] for key in ("rho", "rho", "Q", "P"))
+
+
+def _network(scales: Mapping[str, float], inputs: str, outputs: str, architecture: Architecture,
+             zero_init_output: bool, name: str) -> _ScaledNetwork:
+    """A network from the `inputs` quantities to the `outputs` ones ('', 'd' or 'delta_')."""
+    # 1 / s in double precision, then rounded once to float32, as the reference does.
+    in_scale = tuple(1.0 / s for s in _channel_scales(scales, inputs))
+    return _ScaledNetwork(in_scale, _channel_scales(scales, outputs), architecture,
+                          zero_init_output, name=name)
+
+
+class _FunctionCache:
+    """Compiled functions by options, in a plain object: tracking must not save them."""
+
+    def __init__(self) -> None:
+        self.functions: dict[tuple, Callable[..., Any]] = {}
+
+
+class HolsteinModel(keras.Model):
+    """Common part of the two models: the state interface, `step` and a compiled `rollout`.
+
+    Subclasses define `_advance`, one step on images. The weights do not depend on L, so the
+    model is built at construction and runs on any chain length.
+    """
+
+    has_derivatives = False
+
+    def __init__(self, scales: Mapping[str, float], channels: int, n_blocks: int,
+                 dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scales = validate_scales(scales)
+        self.architecture = Architecture(channels, n_blocks, dropout, kernel_size)
+        self.zero_init_output = zero_init_output
+        self._compiled_rollouts = _FunctionCache()
+
+    def _advance(self, image: tf.Tensor, training: bool
+                 ) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(next image, derivative image or None), images `[batch, L, L, 4]` in physical units."""
+        raise NotImplementedError
+
+    def call(self, state: Mapping[str, Any], training: bool | None = None) -> State:
+        """The next state; see `step`."""
+        return self.step(state, training=bool(training))
+
+    def step(self, state: Mapping[str, Any], training: bool = False,
+             return_derivatives: bool = False) -> State | tuple[State, State]:
+        """One prediction step: the next state, and with `return_derivatives` (PARC only)
+        also the differentiator's du/dt `{'rho', 'Q', 'P'}` in physical units (per unit time)."""
+        self._check_derivatives(return_derivatives)
+        next_image, derivative = self._advance(encode(state), training)
+        if return_derivatives:
+            return decode(next_image), decode(derivative)
+        return decode(next_image)
+
+    def rollout(self, state: Mapping[str, Any], n_steps: int | tf.Tensor, *, training: bool = False,
+                return_derivatives: bool = False, order_parameters_only: bool = False,
+                jit_compile: bool | None = None) -> State | tuple[State, State]:
+        """`n_steps` steps, each prediction fed back as the next input, in a `tf.while_loop`.
+
+        Returns the states after steps 1..n_steps, `{'rho': [batch, n_steps, L, L], 'Q', 'P':
+        [batch, n_steps, L]}` (the initial state is not included); with `return_derivatives`
+        also the derivatives at every step, as `step` does; with `order_parameters_only` just
+        `{'Delta_rho', 'Delta_Q': float32 [batch, n_steps]}`, so that memory stays small.
+        Differentiable, with dropout if `training`. Called eagerly it runs one cached
+        `tf.function` per (n_steps, flags), XLA-compiled if `jit_compile`; by default XLA
+        is used for small inference batches, where it is faster (benchmarks/models.py), and
+        never in training: TensorFlow cannot differentiate an XLA-compiled while loop from
+        outside it. Inside a `tf.function` the rollout is traced inline, and the enclosing
+        function decides on XLA.
+        """
+        if tf.is_tensor(n_steps) and tf.inside_function():
+            # A serving graph takes the number of steps as an input.
+            n_steps = tf.cast(n_steps, tf.int32)
+        elif not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be a positive Python int (or a tensor inside a "
+                             f"tf.function), got {n_steps!r}")
+        self._check_derivatives(return_derivatives)
+        if return_derivatives and order_parameters_only:
+            raise ValueError("choose return_derivatives or order_parameters_only, not both")
+        options = dict(n_steps=n_steps, training=bool(training),
+                       return_derivatives=return_derivatives,
+                       order_parameters_only=order_parameters_only)
+        if tf.inside_function():
+            return self._rollout(state, **options)
+        state = {key: tf.convert_to_tensor(state[key]) for key in STATE_KEYS}
+        if jit_compile is None:
+            jit_compile = not training and state["rho"].shape.num_elements() <= XLA_MAX_PIXELS
+        cache_key = (*options.values(), jit_compile)
+        functions = self._compiled_rollouts.functions
+        if cache_key not in functions:
+            functions[cache_key] = tf.function(functools.partial(self._rollout, **options),
+                                               jit_compile=jit_compile)
+        return functions[cache_key](state)
+
+    def _rollout(self, state: Mapping[str, Any], n_steps: int, training: bool,
+                 return_derivatives: bool, order_parameters_only: bool
+                 ) -> State | tuple[State, State]:
+        def record(next_image: tf.Tensor, derivative: tf.Tensor | None) -> Any:
+            next_state = decode(next_image)
+            if order_parameters_only:
+                order_rho, order_q = _order_parameters(next_state["rho"], next_state["Q"])
+                return {"Delta_rho": order_rho, "Delta_Q": order_q}
+            return (next_state, decode(derivative)) if return_derivatives else next_state
+
+        def body(i: tf.Tensor, image: tf.Tensor, arrays: Any) -> tuple[tf.Tensor, tf.Tensor, Any]:
+            next_image, derivative = self._advance(image, training)
+            arrays = tf.nest.map_structure(lambda array, value: array.write(i, value),
+                                           arrays, record(next_image, derivative))
+            return i + 1, next_image, arrays
+
+        image = encode(state)
+        dtypes = {"rho": tf.complex64, "Q": tf.float32, "P": tf.float32}
+        if order_parameters_only:
+            dtypes = {"Delta_rho": tf.float32, "Delta_Q": tf.float32}
+        elif return_derivatives:
+            dtypes = (dtypes, dict(dtypes))
+        arrays = tf.nest.map_structure(lambda dtype: tf.TensorArray(dtype, size=n_steps), dtypes)
+        _, _, arrays = tf.while_loop(lambda i, *_: i < n_steps, body,
+                                     (tf.constant(0), image, arrays),
+                                     maximum_iterations=n_steps)
+        return tf.nest.map_structure(_batch_major, arrays)
+
+    def _check_derivatives(self, return_derivatives: bool) -> None:
+        if return_derivatives and not self.has_derivatives:
+            raise ValueError(f"{type(self).__name__} has no differentiator: "
+                             f"return_derivatives needs a PARC model")
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scales": dict(self.scales),
+                **dataclasses.asdict(self.architecture), "zero_init_output": self.zero_init_output}
+
+
+def _batch_major(array: tf.TensorArray) -> tf.Tensor:
+    """Stacks a per-step TensorArray to `[batch, n_steps, ...]`."""
+    stacked = array.stack()  # [n_steps, batch, ...]
+    rank = stacked.shape.rank
+    return tf.transpose(stacked, [1, 0, *range(2, rank)])
+
+
+@keras.saving.register_keras_serializable(package="tf_holstein")
+class HolsteinCNN(HolsteinModel):
+    """The standard CNN of the paper (shallow quench): u(t + dt) = u + N(u).
+
+    N maps (rho, Q, P) scaled by the state scales to the increments scaled by the delta
+    scales; its output conv starts at zero, so an untrained model's step is the identity.
+    """
+
+    def __init__(self, scales: Mapping[str, float], channels: int = 16, n_blocks: int = 1,
+                 dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(scales, channels, n_blocks, dropout, kernel_size, zero_init_output,
+                         **kwargs)
+        self.cnn = _network(self.scales, "", "delta_", self.architecture, zero_init_output,
+                            name="cnn")
+        self.built = True
+
+    def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, None]:
+        delta = self.cnn(image, training=training)
+        return image + _state_mask(image) * delta, None
+
+
+@keras.saving.register_keras_serializable(package="tf_holstein")
+class HolsteinPARC(HolsteinModel):
+    """PARC (deep quench): a differentiator D(u) ~ du/dt and an integrator S(du/dt) ~ delta u.
+
+    u(t + dt) = u + S(D(u)). The differentiator's output is in physical units (per unit
+    time) and is trained against du/dt at the mid-interval state. Only the integrator's
+    output conv starts at zero.
+    """
+
+    has_derivatives = True
+
+    def __init__(self, scales: Mapping[str, float], channels: int = 128, n_blocks: int = 4,
+                 dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(scales, channels, n_blocks, dropout, kernel_size, zero_init_output,
+                         **kwargs)
+        self.differentiator = _network(self.scales, "", "d", self.architecture, False,
+                                       name="differentiator")
+        self.integrator = _network(self.scales, "d", "delta_", self.architecture,
+                                   zero_init_output, name="integrator")
+        self.built = True
+
+    def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        mask = _state_mask(image)
+        # Decoding then encoding the derivative, as the reference does, zeroes the
+        # off-diagonal entries of the Q and P channels: the mask does the same.
+        derivative = mask * self.differentiator(image, training=training)
+        delta = self.integrator(derivative, training=training)
+        return image + mask * delta, derivative
+
+
+MODELS: dict[str, type[HolsteinModel]] = {"cnn": HolsteinCNN, "parc": HolsteinPARC}
+
+
+def build_model(kind: str, preset: str, scales: Mapping[str, float],
+                **overrides: Any) -> HolsteinModel:
+    """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
+    `Architecture` (or `zero_init_output`) overridable by keyword."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    return MODELS[kind](scales, **{**dataclasses.asdict(PRESETS[preset]), **overrides})

@@ -1,0 +1,407 @@
+"""python -m tf_holstein.train: curriculum training under a distribution strategy.
+
+    python -m tf_holstein.train --config shallow [--workdir runs/shallow] [--resume]
+
+Generates the config's dataset if it is missing, trains with a custom
+GradientTape loop under MirroredStrategy (every visible GPU, else the CPU;
+MultiWorkerMirroredStrategy when TF_CONFIG is set), validates every epoch,
+keeps the best model, writes TensorBoard logs and checkpoints under the
+workdir, and exports a SavedModel, the `.keras` model and `summary.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from tf_holstein import cli, data, datagen, export, losses, models, physics, plots, records
+from tf_holstein.cli import FLAGS
+from tf_holstein.configs import Config, Stage
+from tf_holstein.schedules import StagedWarmupCosine
+
+flags.DEFINE_string("workdir", None, "run directory (default runs/<config>)")
+flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last checkpoint")
+
+NO_DECAY = ("bias", "gamma", "beta")  # AdamW: no weight decay on biases and LayerNorms
+LOG_EVERY = 50  # optimizer steps between TensorBoard scalar writes
+
+
+def make_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy under TF_CONFIG, else MirroredStrategy over `devices`
+    (default: every GPU, or the CPU when there is none)."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if devices is None and not tf.config.list_logical_devices("GPU"):
+        devices = ["/cpu:0"]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def stage_epochs(stages: Sequence[Stage]) -> list[tuple[int, Stage]]:
+    """(stage index, stage) for every epoch of the curriculum, in order."""
+    return [(k, stage) for k, stage in enumerate(stages) for _ in range(stage.epochs)]
+
+
+class Trainer:
+    """The model, optimizer, curriculum position and their checkpoints, for one workdir."""
+
+    def __init__(self, config: Config, dataset_dir: str | os.PathLike,
+                 workdir: str | os.PathLike, strategy: tf.distribute.Strategy | None = None):
+        self.config = config
+        self.dataset_dir = Path(dataset_dir)
+        self.workdir = Path(workdir)
+        self.meta = records.read_meta(self.dataset_dir)
+        self.strategy = strategy or make_strategy()
+        self.is_chief = _is_chief(self.strategy)
+        train = config.train
+        self.epochs = stage_epochs(train.stages)
+        keras.utils.set_random_seed(train.train_seed)
+        with self.strategy.scope():
+            self.model = models.MODELS[config.model.kind](
+                self.meta["scales"], channels=config.model.channels,
+                n_blocks=config.model.n_blocks, dropout=config.model.dropout)
+            self.schedule = StagedWarmupCosine(
+                train.lr, [s.epochs * s.batches_per_epoch for s in train.stages],
+                train.warmup_steps, train.eta_min)
+            self.optimizer = keras.optimizers.AdamW(learning_rate=self.schedule,
+                                                    weight_decay=train.weight_decay)
+            self.optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+            self.optimizer.build(self.model.trainable_variables)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # epochs completed
+            self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              epoch=self.epoch, best=self.best)
+        directory = self.workdir / "checkpoints"
+        if not self.is_chief:  # every worker saves; only the chief's copy is kept
+            directory = self.workdir / "tmp" / f"worker-{_task_id(self.strategy)}"
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory),
+                                                  max_to_keep=2)
+        self._steps: dict[int, Any] = {}
+        self._evals: dict[int, Any] = {}
+        self._val = records.load_split(self.dataset_dir, "val") if self.meta["splits"]["val"][
+            "num_trajectories"] else None
+
+    @property
+    def has_derivatives(self) -> bool:
+        return self.model.has_derivatives
+
+    def restore(self) -> bool:
+        """Restores the latest checkpoint, if any; returns whether one was found."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return bool(latest)
+
+    # -- data ---------------------------------------------------------------------------
+    def train_dataset(self, epoch: int, stage: Stage) -> tf.distribute.DistributedDataset:
+        """The epoch's batches; seeded by (train_seed, epoch) so a resumed run sees the same."""
+        seed = self.config.train.train_seed * 1_000_003 + epoch
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            return data.make_dataset(
+                self.dataset_dir, "train", n_step=stage.n_step,
+                batch_size=self.config.train.batch_size, noise_std=stage.noise,
+                derivatives=self.has_derivatives, shuffle=True, seed=seed, repeat=True,
+                drop_remainder=True, input_context=context)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # -- steps --------------------------------------------------------------------------
+    def _losses(self, inputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor],
+                n_step: int, training: bool) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+        """Squared-error sums and counts of every loss term for a (local) batch of windows."""
+        out = self.model.rollout(inputs, n_step, training=training,
+                                 return_derivatives=self.has_derivatives)
+        if not self.has_derivatives:
+            return losses.squared_error_sums(out, targets)
+        states, derivatives = out
+        sums = losses.squared_error_sums(states, targets)
+        labels = {key: targets[f"d{key}"] for key in records.STATE_KEYS}
+        sums.update({f"d_{k}": v for k, v in
+                     losses.squared_error_sums(derivatives, labels).items()})
+        return sums
+
+    def _weights(self, names: Sequence[str]) -> list[float]:
+        return [self.config.train.derivative_weight if n.startswith("d_") else 1.0
+                for n in names]
+
+    def _replica_step(self, inputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor],
+                      n_step: int) -> dict[str, tf.Tensor]:
+        """One optimizer step on this replica's share of the global batch.
+
+        The loss is a sum of RMS errors over the global batch, which is not a mean
+        of per-replica losses: replicas all-reduce their squared-error sums, then
+        differentiate sum_c w_c S_c,local / (2 RMS_c N_c), whose gradient summed over
+        replicas is exactly that of the global loss. Gradients are summed and clipped
+        by their global norm here, as on one device; the optimizer sums replicas'
+        gradients again, so each hands it 1/replicas of the total.
+        """
+        context = tf.distribute.get_replica_context()
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            sums = self._losses(inputs, targets, n_step, training=True)
+            names = sorted(sums)
+            local = tf.stack([sums[n][0] for n in names])
+            counts = context.all_reduce("sum", tf.stack([sums[n][1] for n in names]))
+            total = context.all_reduce("sum", tf.stop_gradient(local))
+            rms = tf.sqrt(total / counts)
+            weights = tf.constant(self._weights(names))
+            surrogate = tf.reduce_sum(weights * local / (2.0 * tf.maximum(rms, 1e-12) * counts))
+        grads = context.all_reduce("sum", tape.gradient(surrogate, variables))
+        clipped, norm = tf.clip_by_global_norm(grads, self.config.train.clip_norm)
+        replicas = tf.cast(context.num_replicas_in_sync, tf.float32)
+        self.optimizer.apply([g / replicas for g in clipped], variables)
+        metrics = {f"loss/{n}": r for n, r in zip(names, tf.unstack(rms))}
+        metrics["loss/total"] = tf.reduce_sum(weights * rms)
+        metrics["grad_norm"] = norm
+        return metrics
+
+    def train_step(self, n_step: int) -> Any:
+        """The compiled distributed step for windows of n_step (one trace per n_step)."""
+        if n_step not in self._steps:
+            replica_step = tf.function(lambda i, t: self._replica_step(i, t, n_step),
+                                       jit_compile=self._jit())
+
+            @tf.function
+            def step(batch: Any) -> dict[str, tf.Tensor]:
+                metrics = self.strategy.run(replica_step, args=batch)
+                # Every replica holds the same all-reduced values: read the first.
+                return tf.nest.map_structure(
+                    lambda v: self.strategy.experimental_local_results(v)[0], metrics)
+
+            self._steps[n_step] = step
+        return self._steps[n_step]
+
+    def _jit(self) -> bool:
+        # XLA compiles the per-replica step; cross-device collectives inside XLA need
+        # GPUs (NCCL), so several CPU replicas run without it.
+        gpus = tf.config.list_logical_devices("GPU")
+        return self.config.train.jit_compile and (
+            self.strategy.num_replicas_in_sync == 1 or bool(gpus))
+
+    def eval_losses(self, n_step: int, batches: int) -> dict[str, float]:
+        """Multi-step validation loss over `batches` fixed batches of validation windows."""
+        if self._val is None:
+            return {}
+        if n_step not in self._evals:
+            self._evals[n_step] = tf.function(
+                lambda i, t: self._losses(i, t, n_step, training=False),
+                jit_compile=self.config.train.jit_compile)
+        dataset = data.make_dataset(self.dataset_dir, "val", n_step=n_step,
+                                    batch_size=self.config.train.batch_size,
+                                    derivatives=self.has_derivatives, shuffle=True,
+                                    seed=self.config.train.train_seed, repeat=True)
+        totals: dict[str, np.ndarray] = {}
+        for inputs, targets in dataset.take(batches):
+            for name, (total, count) in self._evals[n_step](inputs, targets).items():
+                totals[name] = totals.get(name, 0.0) + np.array([float(total), float(count)])
+        names = sorted(totals)
+        rms = {n: float(np.sqrt(totals[n][0] / totals[n][1])) for n in names}
+        out = {f"val_loss/{n}": v for n, v in rms.items()}
+        out["val_loss/total"] = float(sum(w * rms[n] for n, w in zip(names,
+                                                                       self._weights(names))))
+        return out
+
+    def rollout_metrics(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Delta_rho and Delta_Q RMSE / std of rollouts from each validation trajectory's
+        first state (medians over trajectories), and the traces for plotting."""
+        if self._val is None:
+            return {}, {}
+        steps = self.config.train.val_rollout_steps or self.meta["T"]
+        steps = min(steps, self.meta["T"])
+        state = {key: self._val[key][:, 0] for key in records.STATE_KEYS}
+        predicted = self.model.rollout(state, steps, order_parameters_only=True,
+                                       jit_compile=self.config.train.jit_compile)
+        true_rho, true_q = (np.asarray(x) for x in physics.order_parameters(
+            self._val["rho"][:, 1:steps + 1], self._val["Q"][:, 1:steps + 1]))
+        traces = {"true_Delta_rho": true_rho, "true_Delta_Q": true_q,
+                  "pred_Delta_rho": predicted["Delta_rho"].numpy(),
+                  "pred_Delta_Q": predicted["Delta_Q"].numpy()}
+        metrics = {}
+        for name in ("Delta_rho", "Delta_Q"):
+            truth, pred = traces[f"true_{name}"], traces[f"pred_{name}"]
+            with np.errstate(invalid="ignore", over="ignore"):
+                score = np.sqrt(np.mean((pred - truth) ** 2, axis=1)) / np.std(truth, axis=1)
+            score[~np.isfinite(score)] = np.inf
+            metrics[f"val_rollout/{name}_rmse_over_std"] = float(np.median(score))
+        metrics["val_rollout/score"] = sum(metrics.values())
+        return metrics, traces
+
+    # -- the loop -----------------------------------------------------------------------
+    def fit(self, progress: bool = True) -> dict[str, Any]:
+        """Runs the remaining epochs of the curriculum; returns the final metrics."""
+        train = self.config.train
+        writer = tf.summary.create_file_writer(str(self.workdir / "tensorboard")) \
+            if self.is_chief else tf.summary.create_noop_writer()
+        from tqdm import tqdm
+
+        bar = tqdm(total=train.total_steps, initial=int(self.optimizer.iterations.numpy()),
+                   disable=not (progress and self.is_chief), unit=" steps", dynamic_ncols=True)
+        final: dict[str, Any] = {}
+        start_epoch = int(self.epoch.numpy())
+        for epoch in range(start_epoch, len(self.epochs)):
+            stage_index, stage = self.epochs[epoch]
+            bar.set_description(f"stage {stage_index + 1}/{len(train.stages)} "
+                                f"(n_step {stage.n_step}) epoch {epoch + 1}/{len(self.epochs)}")
+            step_fn = self.train_step(stage.n_step)
+            iterator = iter(self.train_dataset(epoch, stage))
+            tic, done = time.perf_counter(), 0
+            for _ in range(stage.batches_per_epoch):
+                metrics = step_fn(next(iterator))
+                done += 1
+                step = int(self.optimizer.iterations.numpy())
+                bar.update(1)
+                if step % LOG_EVERY == 0 or step == 1 or done == stage.batches_per_epoch:
+                    rate = done * train.batch_size / (time.perf_counter() - tic)
+                    values = {k: float(v) for k, v in metrics.items()}
+                    values.update({"samples_per_sec": rate,
+                                   "learning_rate": float(self.schedule(step - 1))})
+                    bar.set_postfix(loss=f"{values['loss/total']:.4g}",
+                                    samples_s=f"{rate:.0f}")
+                    _write_scalars(writer, values, step)
+            final = {**values, **self.validate(stage, writer)}
+            self.epoch.assign(epoch + 1)
+            self.manager.save(checkpoint_number=epoch + 1)
+        bar.close()
+        writer.flush()
+        return final
+
+    def validate(self, stage: Stage, writer: tf.summary.SummaryWriter) -> dict[str, float]:
+        """Validation loss and rollout metric; saves the best model so far."""
+        step = int(self.optimizer.iterations.numpy())
+        metrics = self.eval_losses(stage.n_step, self.config.train.val_batches)
+        rollout, traces = self.rollout_metrics()
+        metrics.update(rollout)
+        key = "val_rollout/score" if self.config.train.select_by == "rollout" else \
+            "val_loss/total"
+        if key in metrics and metrics[key] < float(self.best.numpy()):
+            self.best.assign(metrics[key])
+            if self.is_chief:
+                _save_weights_atomically(self.model, self.workdir / "best.weights.h5")
+                records.write_json(self.workdir / "best.json",
+                                   {"step": step, "epoch": int(self.epoch.numpy()) + 1,
+                                    key: metrics[key], **metrics})
+        metrics["best"] = float(self.best.numpy())
+        _write_scalars(writer, metrics, step)
+        if traces:
+            with writer.as_default(step=step):
+                tf.summary.image("val/order_parameters",
+                                 plots.order_parameter_image(traces, trajectory=0)[None])
+        return metrics
+
+
+def _write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float],
+                   step: int) -> None:
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            tf.summary.scalar(name, value)
+
+
+def _save_weights_atomically(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{os.getpid()}.tmp.weights.h5")
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _task_id(strategy: tf.distribute.Strategy) -> int:
+    return int(getattr(strategy.cluster_resolver, "task_id", 0) or 0)
+
+
+def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
+    """Creates the workdir, or checks that resuming continues the same experiment."""
+    path = workdir / "config.json"
+    current = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    if path.exists():
+        if not resume:
+            raise ValueError(f"{workdir} already holds a run: pass --resume to continue it, or "
+                             f"choose another --workdir")
+        previous = json.loads(path.read_text())
+        if previous != current:
+            raise ValueError(f"{workdir} holds a run of a different config; --resume needs the "
+                             f"same settings (see {path})")
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        records.write_json(path, current)
+
+
+def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike, *,
+        resume: bool = False, progress: bool = True,
+        strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+    """Data (generated if missing), training, export: the whole experiment. Returns the summary."""
+    workdir = Path(workdir)
+    timings = {}
+    tic = time.perf_counter()
+    dataset_dir = Path(data_dir) / config.data.dataset_name
+    if not (dataset_dir / records.META_FILE).exists():
+        datagen.generate(config.data, data_dir, progress=progress)
+    timings["data_s"] = time.perf_counter() - tic
+    strategy = strategy or make_strategy()
+    if _is_chief(strategy):
+        prepare_workdir(config, workdir, resume)
+    trainer = Trainer(config, dataset_dir, workdir, strategy)
+    if trainer.restore() and not resume:
+        raise ValueError(f"{workdir} has checkpoints: pass --resume to continue")
+    tic = time.perf_counter()
+    final = trainer.fit(progress=progress)
+    timings["train_s"] = time.perf_counter() - tic
+    summary: dict[str, Any] = {}
+    if trainer.is_chief:
+        tic = time.perf_counter()
+        if (workdir / "best.weights.h5").exists():
+            trainer.model.load_weights(str(workdir / "best.weights.h5"))
+        export.export_model(trainer.model, workdir / "export", metadata={
+            "data": trainer.meta["config"], "time_step": trainer.meta["time_step"]})
+        timings["export_s"] = time.perf_counter() - tic
+        summary = {
+            "config": json.loads((workdir / "config.json").read_text()),
+            "dataset": str(dataset_dir),
+            "versions": {"tf_holstein": __import__("tf_holstein").__version__,
+                         "tensorflow": tf.__version__, "keras": keras.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "replicas": strategy.num_replicas_in_sync,
+            "optimizer_steps": int(trainer.optimizer.iterations.numpy()),
+            "timings": timings,
+            "final": final,
+            "best": json.loads((workdir / "best.json").read_text())
+            if (workdir / "best.json").exists() else None,
+        }
+        records.write_json(workdir / "summary.json", summary)
+    return summary
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = cli.config_from_flags()
+        workdir = FLAGS.workdir or os.path.join("runs", config.name)
+        summary = run(config, FLAGS.data_dir, workdir, resume=FLAGS.resume,
+                      progress=FLAGS.progress)
+    except (ValueError, RuntimeError, IOError) as e:
+        sys.exit(f"train: error: {e}")
+    if summary:
+        print(json.dumps({"workdir": workdir, "timings": summary["timings"],
+                          "best": summary["best"]}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
