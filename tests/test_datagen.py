@@ -11,31 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from numpy_reference import numpy_rk4
 from tf_holstein import datagen, physics, records
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke").data  # L = 8, 12 saved steps, 4/2/2 trajectories, shards of 2
-
-
-def numpy_rk4(rho, Q, P, g, dt, steps):
-    """Plain complex128 RK4 of SPEC section 1, independent of the library."""
-    L = Q.shape[-1]
-    hop = -(np.eye(L, k=1) + np.eye(L, k=-1) + np.eye(L, k=L - 1) + np.eye(L, k=1 - L))
-
-    def f(rho, Q, P):
-        H = hop - g * np.diag(Q)
-        return (-1j * (H @ rho - rho @ H), physics.K0 * P,
-                physics.ETA * g * (np.diag(rho).real - 0.5) - physics.K0 * Q)
-
-    state = (rho, Q, P)
-    for _ in range(steps):
-        k1 = f(*state)
-        k2 = f(*(s + dt / 2 * k for s, k in zip(state, k1)))
-        k3 = f(*(s + dt / 2 * k for s, k in zip(state, k2)))
-        k4 = f(*(s + dt * k for s, k in zip(state, k3)))
-        state = tuple(s + dt / 6 * (a + 2 * b + 2 * c + d)
-                      for s, a, b, c, d in zip(state, k1, k2, k3, k4))
-    return state
 
 
 def shard_bytes(dataset_dir):
@@ -81,17 +61,16 @@ def test_protocol_phases_and_mid_states_match_plain_rk4(smoke_dataset):
     data = records.load_split(smoke_dataset, "train")
     k = int(np.argmax(data["phase"]))  # the trajectory with the largest phase offset
     noise_Q, noise_P = datagen.trajectory_noise(SMOKE, "train", [k])
-    rho0, Q0, P0 = (x.numpy()[0] for x in physics.initial_state(SMOKE.L, SMOKE.g_i,
-                                                                    noise_Q, noise_P))
-    state = numpy_rk4(rho0, Q0, P0, SMOKE.g_f, SMOKE.dt, SMOKE.pre_steps + int(data["phase"][k]))
+    state = tuple(x.numpy() for x in physics.initial_state(SMOKE.L, SMOKE.g_i, noise_Q, noise_P))
+    state = numpy_rk4(state, SMOKE.g_f, SMOKE.pre_steps + int(data["phase"][k]), SMOKE.dt)
     half = SMOKE.save_interval // 2
     for step in range(3):
         for key, value in zip(("rho", "Q", "P"), state):
-            np.testing.assert_allclose(data[key][k, step], value, atol=2e-7)
-        mid = numpy_rk4(*state, SMOKE.g_f, SMOKE.dt, half)
+            np.testing.assert_allclose(data[key][k, step], value[0], atol=2e-7)
+        mid = numpy_rk4(state, SMOKE.g_f, half, SMOKE.dt)
         for key, value in zip(("mid_rho", "mid_Q", "mid_P"), mid):
-            np.testing.assert_allclose(data[key][k, step], value, atol=2e-7)
-        state = numpy_rk4(*mid, SMOKE.g_f, SMOKE.dt, SMOKE.save_interval - half)
+            np.testing.assert_allclose(data[key][k, step], value[0], atol=2e-7)
+        state = numpy_rk4(mid, SMOKE.g_f, SMOKE.save_interval - half, SMOKE.dt)
 
 
 def test_deterministic_for_a_seed(smoke_dataset, tmp_path):

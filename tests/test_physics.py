@@ -3,16 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from numpy_reference import numpy_derivatives as dense_rhs
 from tf_holstein import physics
-
-
-def dense_rhs(rho, Q, P, g):
-    """The equations of motion with an explicit dense H, straight from SPEC section 1."""
-    H = physics.hamiltonian(tf.constant(Q), g).numpy()
-    drho = -1j * (H @ rho - rho @ H)
-    dQ = physics.K0 * P
-    dP = physics.ETA * g * (np.real(np.einsum("...ii->...i", rho)) - 0.5) - physics.K0 * Q
-    return drho, dQ, dP
 
 
 def random_state(rng, batch, L):

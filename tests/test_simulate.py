@@ -3,31 +3,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from numpy_reference import numpy_derivatives, numpy_rk4
 from tf_holstein import physics, simulate
 
 DT = 0.01
-
-
-def numpy_derivatives(rho, Q, P, g):
-    """SPEC section 1 with a dense H, in complex arithmetic."""
-    L = Q.shape[-1]
-    ring = np.roll(np.eye(L), 1, axis=1) + np.roll(np.eye(L), -1, axis=1)
-    H = -ring - g * Q[:, :, None] * np.eye(L)
-    drho = -1j * (H @ rho - rho @ H)
-    dP = physics.ETA * g * (np.einsum("bii->bi", rho).real - 0.5) - physics.K0 * Q
-    return drho, physics.K0 * P, dP
-
-
-def numpy_rk4(state, g, n_steps):
-    """Classical RK4 on (rho, Q, P), step DT."""
-    for _ in range(n_steps):
-        k1 = numpy_derivatives(*state, g)
-        k2 = numpy_derivatives(*(u + DT / 2 * k for u, k in zip(state, k1)), g)
-        k3 = numpy_derivatives(*(u + DT / 2 * k for u, k in zip(state, k2)), g)
-        k4 = numpy_derivatives(*(u + DT * k for u, k in zip(state, k3)), g)
-        state = tuple(u + DT / 6 * (a + 2 * b + 2 * c + d)
-                      for u, a, b, c, d in zip(state, k1, k2, k3, k4))
-    return state
 
 
 def random_state(L, batch=3, seed=0):
