@@ -1,0 +1,310 @@
+"""Evaluation: statistics against closed forms and NumPy, metrics against direct
+computation, chunked and exported rollouts, divergence reporting, the command."""
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tf_holstein import datagen, evaluate, export, models, physics, records
+from tf_holstein.configs import get_config
+
+SMOKE = get_config("smoke")
+FIGURES = ("snapshots.png", "order_parameters.png", "autocorrelation.png")
+
+
+def direct_autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
+    """SPEC section 5 written out: every average over the ensemble and over t."""
+    x = np.asarray(x, np.float64)
+    mean, mean_sq = x.mean(), (x * x).mean()
+    T = x.shape[1]
+    return np.array([(np.mean(x[:, :T - tau] * x[:, tau:]) - mean ** 2) / (mean_sq - mean ** 2)
+                     for tau in range(max_lag + 1)])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return datagen.generate(SMOKE.data, tmp_path_factory.mktemp("data"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def meta(dataset):
+    return records.read_meta(dataset)
+
+
+@pytest.fixture(scope="module")
+def truth(dataset):
+    return records.load_split(dataset, "test")
+
+
+def export_workdir(model: models.HolsteinModel, workdir, meta) -> str:
+    """A training workdir as train.py leaves it: <workdir>/export/{saved_model,model.keras}."""
+    export.export_model(model, workdir / "export",
+                        metadata={"data": meta["config"], "time_step": meta["time_step"]})
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def identity_run(tmp_path_factory, meta):
+    """An untrained CNN: its output conv starts at zero, so every step is the identity."""
+    return export_workdir(models.build_model("cnn", "tiny", meta["scales"]),
+                          tmp_path_factory.mktemp("identity"), meta)
+
+
+@pytest.fixture(scope="module")
+def perturbed(tmp_path_factory, meta):
+    """A CNN whose output conv has small random weights: steps change every variable."""
+    keras.utils.set_random_seed(1)
+    model = models.build_model("cnn", "tiny", meta["scales"])
+    conv = model.cnn.network.output_conv
+    conv.kernel.assign(0.05 * np.random.default_rng(0).normal(size=conv.kernel.shape))
+    return model, export_workdir(model, tmp_path_factory.mktemp("perturbed"), meta)
+
+
+# -- statistics -------------------------------------------------------------------------------
+def test_autocorrelation_of_an_ar1_ensemble_is_phi_to_the_tau():
+    phi, n, T = 0.8, 400, 2000
+    rng = np.random.default_rng(0)
+    x = np.empty((n, T))
+    x[:, 0] = rng.normal(size=n) / np.sqrt(1 - phi ** 2)  # start in the stationary law
+    for t in range(1, T):
+        x[:, t] = phi * x[:, t - 1] + rng.normal(size=n)
+    a = evaluate.autocorrelation(3.0 + x, 30)  # an offset: the pooled mean must remove it
+    assert a.shape == (31,)
+    assert a[0] == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(a, phi ** np.arange(31), atol=0.02)
+
+
+def test_autocorrelation_equals_the_direct_numpy_formula():
+    """Non-stationary series with different means per series: there the pooled definition
+    differs from TFP's per-series normalisation, which the result must not follow."""
+    rng = np.random.default_rng(1)
+    t = np.arange(60)
+    x = (rng.normal(size=(5, 1)) + 0.02 * t + np.sin(0.3 * t + rng.uniform(0, 6, (5, 1)))
+         + 0.1 * rng.normal(size=(5, 60)))
+    expected = direct_autocorrelation(x, 25)
+    np.testing.assert_allclose(evaluate.autocorrelation(x, 25), expected, rtol=1e-10,
+                               atol=1e-12)
+    per_series = tf.reduce_mean(tfp.stats.auto_correlation(x, max_lags=25), axis=0).numpy()
+    assert np.max(np.abs(per_series - expected)) > 0.05
+    # max_lag is capped at T - 1.
+    np.testing.assert_allclose(evaluate.autocorrelation(x[:, :10], 250),
+                               direct_autocorrelation(x[:, :10], 9), rtol=1e-10, atol=1e-12)
+
+
+def test_ensemble_bands_equal_numpy_percentiles():
+    x = np.random.default_rng(2).normal(size=(37, 50))
+    bands = evaluate.ensemble_bands(x, (10, 50, 90))
+    np.testing.assert_allclose(bands, np.percentile(x, [10, 50, 90], axis=0), rtol=1e-12)
+
+
+def test_state_statistics_match_hand_computed_values():
+    rho = np.diag([0.6, 0.4, 0.7, 0.3]).astype(np.complex128)
+    rho[0, 1], rho[1, 0] = 0.1 + 0.2j, 0.1 - 0.1j  # not Hermitian: rho_01 - conj(rho_10) = 0.1i
+    Q = np.array([1.0, 2.0, 3.0, 5.0])
+    stats = evaluate.state_statistics(rho, Q, np.zeros(4), g=0.8)
+    assert stats["Delta_rho"] == pytest.approx((-0.6 + 0.4 - 0.7 + 0.3) / 4)
+    assert stats["Delta_Q"] == pytest.approx((-1 + 2 - 3 + 5) / 4)
+    assert stats["trace"] == pytest.approx(2.0)
+    assert stats["hermiticity"] == pytest.approx(0.1)
+    assert stats["purity"] == pytest.approx(0.36 + 0.16 + 0.49 + 0.09 + 0.05 + 0.02)
+    assert stats["energy"] == pytest.approx(float(physics.energy(rho, Q, np.zeros(4), 0.8)))
+    delta_rho, delta_q = physics.order_parameters(tf.constant(rho), tf.constant(Q))
+    assert float(delta_rho) == pytest.approx(-0.15) and float(delta_q) == pytest.approx(0.75)
+
+
+def test_out_of_range_flags_non_finite_and_large_values():
+    limits = {"rho": 1.0, "Q": 1.0, "P": 1.0}
+    rho = np.zeros((5, 2, 2), np.complex64)
+    Q, P = np.zeros((5, 2), np.float32), np.zeros((5, 2), np.float32)
+    rho[1, 0, 1] = 2j  # imaginary part too large
+    Q[2, 1] = np.nan
+    P[3, 0] = -np.inf
+    Q[4, 0] = 0.99
+    assert evaluate.out_of_range({"rho": rho, "Q": Q, "P": P}, limits).tolist() == \
+        [False, True, True, True, False]
+
+
+def synthetic_collected(first_diverged: list[int]) -> evaluate.Collected:
+    """Three trajectories of 40 steps; diverged ones turn NaN from their first bad step."""
+    rng = np.random.default_rng(3)
+    n, steps = len(first_diverged), 40
+    t = np.arange(1, steps + 1)
+    truth = {"Delta_rho": 0.1 + 0.02 * np.sin(0.4 * t + rng.uniform(0, 6, (n, 1))),
+             "Delta_Q": 0.2 + 0.03 * np.cos(0.3 * t + rng.uniform(0, 6, (n, 1))),
+             "energy": np.full((n, steps), -4.0), "trace": np.full((n, steps), 2.0 + 0j),
+             "hermiticity": np.zeros((n, steps)), "purity": np.full((n, steps), 1.5)}
+    prediction = {key: value + 0.01 * rng.normal(size=value.shape) for key, value in
+                  truth.items()}
+    mse = {key: rng.uniform(0, 1e-4, (n, steps)) for key in records.STATE_KEYS}
+    for k, first in enumerate(first_diverged):
+        if first:
+            for values in (*prediction.values(), *mse.values()):
+                values[k, first - 1:] = np.nan
+    initial = {"energy": np.full(n, -4.0), "purity": np.full(n, 1.5)}
+    return evaluate.Collected(index=np.arange(n), initial=initial, truth=truth,
+                              prediction=prediction, mse=mse,
+                              first_diverged=np.array(first_diverged), snapshots={},
+                              seconds=1.0)
+
+
+def test_metrics_use_non_diverged_trajectories_and_count_the_rest():
+    collected = synthetic_collected([0, 7, 0])
+    metrics = evaluate.compute_metrics(collected, L=4, max_lag=10)
+    summary = metrics["summary"]
+    assert (summary["n_trajectories"], summary["n_diverged"], summary["n_kept"]) == (3, 1, 2)
+    assert metrics["per_trajectory"]["first_diverged_step"] == [None, 7, None]
+    kept = [0, 2]
+    for name in evaluate.ORDER_PARAMETERS:
+        truth, pred = collected.truth[name], collected.prediction[name]
+        ratio = np.sqrt(np.mean((pred - truth) ** 2, axis=1)) / truth.std(axis=1)
+        assert summary[name]["median_rmse_over_std"] == pytest.approx(np.median(ratio[kept]))
+        assert summary[name]["median_rmse_over_std_counting_diverged"] == pytest.approx(
+            np.median([ratio[0], ratio[2], np.inf]))
+        np.testing.assert_allclose(metrics["autocorrelation"][name]["prediction"],
+                                   direct_autocorrelation(pred[kept], 10), rtol=1e-9)
+        np.testing.assert_allclose(metrics["autocorrelation"][name]["truth"],
+                                   direct_autocorrelation(truth, 10), rtol=1e-9)
+        np.testing.assert_allclose(metrics["per_step"]["rmse"][name],
+                                   np.sqrt(np.mean((pred[kept] - truth[kept]) ** 2, axis=0)))
+    np.testing.assert_allclose(metrics["per_step"]["rmse"]["Q"],
+                               np.sqrt(collected.mse["Q"][kept].mean(axis=0)))
+    json.dumps(evaluate.to_json(metrics), allow_nan=False)  # NaN never reaches the file
+
+
+def test_metrics_when_every_trajectory_diverged_are_none_not_a_crash():
+    metrics = evaluate.compute_metrics(synthetic_collected([1, 3, 40]), L=4, max_lag=10)
+    summary = evaluate.to_json(metrics)["summary"]
+    assert summary["n_kept"] == 0
+    assert summary["Delta_rho"]["median_rmse_over_std"] is None
+    assert summary["Delta_rho"]["median_rmse_over_std_counting_diverged"] is None
+    assert summary["Delta_Q"]["autocorrelation_max_abs_diff"] is None
+    assert summary["physics"]["prediction"]["energy_rel_drift"] is None
+
+
+# -- rollouts against the stored trajectories -------------------------------------------------
+def test_identity_model_metrics_equal_a_direct_computation(identity_run, dataset, truth):
+    """The identity model predicts the initial state forever: every error is the truth's
+    distance from its start, computed here straight from load_split."""
+    metrics = evaluate.evaluate(identity_run, dataset, progress=False)
+    out = identity_run / "eval-test"  # the default: inside the workdir
+    assert all((out / name).stat().st_size > 0 for name in (*FIGURES, "metrics.json"))
+    assert json.loads((out / "metrics.json").read_text()) == evaluate.to_json(metrics)
+    assert metrics["run"]["model_format"] == "saved_model"
+    T = truth["Q"].shape[1] - 1
+    for key in records.STATE_KEYS:
+        error = np.abs(truth[key][:, 1:] - truth[key][:, :1]) ** 2
+        axes = (0, 2, 3) if key == "rho" else (0, 2)
+        np.testing.assert_allclose(metrics["per_step"]["rmse"][key],
+                                   np.sqrt(error.mean(axis=axes)), rtol=1e-5, atol=1e-9)
+    true_rho, true_q = (np.asarray(x) for x in physics.order_parameters(
+        truth["rho"].astype(np.complex128), truth["Q"].astype(np.float64)))
+    for name, values in (("Delta_rho", true_rho), ("Delta_Q", true_q)):
+        series = values[:, 1:]
+        ratio = np.sqrt(np.mean((values[:, :1] - series) ** 2, axis=1)) / series.std(axis=1)
+        assert metrics["summary"][name]["median_rmse_over_std"] == pytest.approx(
+            np.median(ratio), rel=1e-5)
+        np.testing.assert_allclose(metrics["autocorrelation"][name]["truth"],
+                                   direct_autocorrelation(series, T - 1), rtol=1e-6)
+    assert metrics["summary"]["n_diverged"] == 0
+    # The prediction is the initial state itself: no drift of any invariant.
+    assert metrics["summary"]["physics"]["prediction"]["energy_rel_drift"] == 0.0
+    assert metrics["summary"]["physics"]["truth"]["energy_rel_drift"] < 1e-5
+    traces = np.load(out / "order_parameters.npz")
+    np.testing.assert_allclose(traces["truth_Delta_Q"], true_q[:, 1:], rtol=1e-6)
+
+
+def test_chunked_keras_and_saved_model_rollouts_agree_with_the_model(perturbed, dataset,
+                                                                     truth, tmp_path):
+    model, workdir = perturbed
+    steps = 10
+    keras_metrics = evaluate.evaluate(workdir / "export" / "model.keras", dataset, steps=steps,
+                                      chunk=3, batch_size=1, out_dir=tmp_path / "keras",
+                                      snapshot_steps=[0, 4, 10], progress=False)
+    saved_metrics = evaluate.evaluate(workdir / "export" / "saved_model", dataset, steps=steps,
+                                      out_dir=tmp_path / "saved", progress=False)
+    assert keras_metrics["run"]["model_format"] == "keras"
+    predicted = model.rollout({key: truth[key][:, 0] for key in records.STATE_KEYS}, steps)
+    expected_q = np.sqrt(np.mean((predicted["Q"].numpy() - truth["Q"][:, 1:steps + 1]) ** 2,
+                                 axis=(0, 2)))
+    for metrics in (keras_metrics, saved_metrics):
+        np.testing.assert_allclose(metrics["per_step"]["rmse"]["Q"], expected_q, rtol=1e-4)
+        assert metrics["summary"]["steps"] == steps
+    for name in evaluate.ORDER_PARAMETERS:
+        assert keras_metrics["summary"][name]["median_rmse_over_std"] == pytest.approx(
+            saved_metrics["summary"][name]["median_rmse_over_std"], rel=1e-4)
+
+
+def test_a_diverging_model_is_reported_not_crashed_on(dataset, meta, truth, tmp_path):
+    """Only P grows, by a constant b * delta_P scale per step: it leaves the range
+    |P| <= 10 * P scale at a step computable by hand, finite all along."""
+    model = models.build_model("cnn", "tiny", meta["scales"])
+    b = 20.0
+    model.cnn.network.output_conv.bias.assign([0.0, 0.0, 0.0, b])
+    export.export_model(model, tmp_path / "export")
+    increment = np.float32(b) * np.float32(meta["scales"]["delta_P"])
+    limit = evaluate.DIVERGENCE_FACTOR * meta["scales"]["P"]
+    t = np.arange(1, meta["T"] + 1)[None, :, None]
+    beyond = np.abs(truth["P"][:, :1] + t * increment).max(axis=-1) > limit
+    expected = beyond.argmax(axis=1) + 1
+    assert 1 < expected.min() and expected.max() < meta["T"]  # diverges mid-rollout
+    metrics = evaluate.evaluate(tmp_path / "export" / "model.keras", dataset,
+                                out_dir=tmp_path / "eval", chunk=4, progress=False)
+    assert metrics["per_trajectory"]["first_diverged_step"] == expected.tolist()
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["summary"]["n_diverged"] == 2 and saved["summary"]["n_kept"] == 0
+    assert saved["summary"]["Delta_Q"]["median_rmse_over_std"] is None
+    assert all((tmp_path / "eval" / name).exists() for name in FIGURES)
+
+
+def test_bad_requests_are_refused_with_reasons(identity_run, dataset, meta, tmp_path):
+    cases = [
+        (dict(steps=meta["T"] + 1), r"steps must be in 1\.\.12"),
+        (dict(n_traj=3), r"n_traj must be in 1\.\.2 \(the test split"),
+        (dict(split="holdout"), "unknown split 'holdout'"),
+        (dict(snapshot_steps=[0, 99]), r"snapshot steps must lie in 0\.\.12"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            evaluate.evaluate(identity_run, dataset, out_dir=tmp_path, progress=False,
+                              **kwargs)
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        evaluate.evaluate(tmp_path / "nothing", dataset, progress=False)
+    other = export_workdir(models.build_model("cnn", "tiny", meta["scales"]), tmp_path / "run",
+                           {**meta, "config": {**meta["config"], "g_f": 1.0},
+                            "time_step": 2.56})
+    with pytest.raises(ValueError, match="predicts steps of 2.56 .* g_f = 1"):
+        evaluate.evaluate(other, dataset, progress=False)
+
+
+def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
+    export_dir = identity_run / "export"
+    assert evaluate.resolve_model_path(identity_run) == export_dir / "saved_model"
+    assert evaluate.resolve_model_path(export_dir) == export_dir / "saved_model"
+    assert evaluate.resolve_model_path(export_dir / "model.keras") == export_dir / "model.keras"
+    assert evaluate.default_out_dir(export_dir / "saved_model", "val") == export_dir / "eval-val"
+    assert evaluate.default_out_dir(identity_run, "test") == identity_run / "eval-test"
+
+
+def test_command_line(identity_run, dataset, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",
+         str(dataset), "--n_traj", "1", "--steps", "6", "--snapshot_steps", "0,3",
+         "--out", str(tmp_path), "--progress=false"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout[result.stdout.index("{"):])
+    assert printed["n_trajectories"] == 1 and printed["steps"] == 6
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["run"]["snapshot_steps"] == [0, 3]
+    assert len(saved["per_step"]["rmse"]["rho"]) == 6
+    failed = subprocess.run(
+        [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",
+         str(dataset), "--steps", "99", "--out", str(tmp_path), "--progress=false"],
+        capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0
+    assert "evaluate: error: steps must be in 1..12" in failed.stderr
