@@ -58,7 +58,10 @@ def test_smoke_training_halves_the_loss_quickly(smoke_run):
     assert first[0] == 1 and last[0] == SMOKE.train.total_steps
     assert last[1] < 0.5 * first[1], losses
     assert summary["optimizer_steps"] == SMOKE.train.total_steps
-    assert set(summary["timings"]) == {"data_s", "train_s", "export_s"}
+    assert set(summary["timings"]) == {"data_s", "train_s", "export_s", "evaluate_s"}
+    assert summary["test"]["n_trajectories"] == SMOKE.data.n_test
+    assert (workdir / "eval-test" / "metrics.json").exists()
+    assert (workdir / "eval-test" / "order_parameters.png").exists()
 
 
 def test_tensorboard_has_every_tag(smoke_run):

@@ -612,6 +612,18 @@ def _define_flags() -> None:
     flags.mark_flag_as_required("model")
 
 
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers people quote from an evaluation: counts, median Delta RMSE / std and
+    the autocorrelation mismatch of both order parameters."""
+    summary = metrics["summary"]
+    return to_json({
+        **{key: summary[key] for key in ("n_trajectories", "n_diverged", "steps")},
+        **{f"{name}_median_rmse_over_std": summary[name]["median_rmse_over_std"]
+           for name in ORDER_PARAMETERS},
+        **{f"{name}_autocorrelation_max_abs_diff": summary[name]["autocorrelation_max_abs_diff"]
+           for name in ORDER_PARAMETERS}})
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -628,14 +640,8 @@ def main(argv: Sequence[str]) -> None:
             divergence_factor=FLAGS.divergence_factor, progress=FLAGS.progress)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
-    summary = metrics["summary"]
-    print(json.dumps(to_json({
-        "out": str(FLAGS.out or default_out_dir(FLAGS.model, FLAGS.split)),
-        **{key: summary[key] for key in ("n_trajectories", "n_diverged", "steps")},
-        **{f"{name}_median_rmse_over_std": summary[name]["median_rmse_over_std"]
-           for name in ORDER_PARAMETERS},
-        **{f"{name}_autocorrelation_max_abs_diff": summary[name]["autocorrelation_max_abs_diff"]
-           for name in ORDER_PARAMETERS}}), indent=2))
+    print(json.dumps({"out": str(FLAGS.out or default_out_dir(FLAGS.model, FLAGS.split)),
+                      **headline(metrics)}, indent=2))
 
 
 if __name__ == "__main__":

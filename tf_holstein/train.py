@@ -1,4 +1,4 @@
-"""python -m tf_holstein.train: curriculum training under a distribution strategy.
+"""python -m tf_holstein.train: the experiment end to end, around curriculum training.
 
     python -m tf_holstein.train --config shallow [--workdir runs/shallow] [--resume]
 
@@ -6,7 +6,8 @@ Generates the config's dataset if it is missing, trains with a custom
 GradientTape loop under MirroredStrategy (every visible GPU, else the CPU;
 MultiWorkerMirroredStrategy when TF_CONFIG is set), validates every epoch,
 keeps the best model, writes TensorBoard logs and checkpoints under the
-workdir, and exports a SavedModel, the `.keras` model and `summary.json`.
+workdir, exports a SavedModel and the `.keras` model, evaluates the export on
+the test split (metrics and figures in `eval-test/`) and writes `summary.json`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import cli, data, datagen, export, losses, models, physics, plots, records
+from tf_holstein import (cli, data, datagen, evaluate, export, losses, models, physics, plots,
+                         records)
 from tf_holstein.cli import FLAGS
 from tf_holstein.configs import Config, Stage
 from tf_holstein.schedules import StagedWarmupCosine
@@ -370,6 +372,13 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
         export.export_model(trainer.model, workdir / "export", metadata={
             "data": trainer.meta["config"], "time_step": trainer.meta["time_step"]})
         timings["export_s"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        evaluation = None
+        if trainer.meta["splits"]["test"]["num_trajectories"]:
+            evaluation = evaluate.headline(evaluate.evaluate(
+                workdir / "export", dataset_dir, split="test", out_dir=workdir / "eval-test",
+                progress=progress))
+        timings["evaluate_s"] = time.perf_counter() - tic
         summary = {
             "config": json.loads((workdir / "config.json").read_text()),
             "dataset": str(dataset_dir),
@@ -380,6 +389,7 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
             "optimizer_steps": int(trainer.optimizer.iterations.numpy()),
             "timings": timings,
             "final": final,
+            "test": evaluation,
             "best": json.loads((workdir / "best.json").read_text())
             if (workdir / "best.json").exists() else None,
         }
