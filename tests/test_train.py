@@ -183,3 +183,24 @@ def test_bad_config_name_or_field(tmp_path):
 def test_refuses_to_reuse_a_workdir_without_resume(smoke_run, data_dir):
     with pytest.raises(ValueError, match="already holds a run: pass --resume"):
         train.run(SMOKE, data_dir, smoke_run[0], progress=False)
+
+
+def test_parc_trains_on_states_and_derivatives(tmp_path):
+    config = get_config("smoke_deep")
+    summary = train.run(config, tmp_path / "data", tmp_path / "run", progress=False)
+    events = scalar_events(tmp_path / "run")
+    for name in ("rho_diag", "rho_offdiag", "Q", "P"):
+        assert f"loss/{name}" in events and f"loss/d_{name}" in events
+    # Within the noise-free first stage the differentiator learns du/dt.
+    end_of_stage = config.train.stages[0].epochs * config.train.stages[0].batches_per_epoch
+    derivative = {step: sum(dict(events[f"loss/d_{name}"])[step]
+                            for name in ("rho_diag", "rho_offdiag", "Q", "P"))
+                  for step in (1, end_of_stage)}
+    assert derivative[end_of_stage] < 0.5 * derivative[1]
+    assert summary["optimizer_steps"] == config.train.total_steps
+    loaded = tf.saved_model.load(str(tmp_path / "run" / "export" / "saved_model"))
+    L = config.data.L
+    out = loaded.rollout_order_parameters(
+        rho_real=tf.eye(L, batch_shape=[1]) * 0.5, rho_imag=tf.zeros([1, L, L]),
+        Q=tf.zeros([1, L]), P=tf.zeros([1, L]), n_steps=tf.constant(3))
+    assert out["Delta_rho"].shape == (1, 3)
