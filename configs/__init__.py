@@ -10,9 +10,13 @@ __all__ = ["Config", "DataConfig", "ModelConfig", "PRESETS", "Stage", "TrainConf
            "get_config", "override", "parse_stages"]
 
 
-def get_config(name: str, **overrides: Any) -> Config:
-    """The preset `name` with `overrides` applied; unknown names list the valid ones."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown config {name!r}; valid configs: {', '.join(sorted(PRESETS))}")
-    config = override(PRESETS[name], overrides) if overrides else PRESETS[name]
+def get_config(preset: str, /, **overrides: Any) -> Config:
+    """The preset with `overrides` applied; unknown names list the valid ones.
+
+    `preset` is positional-only, so that `name` can be overridden like any field.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown config {preset!r}; valid configs: "
+                         f"{', '.join(sorted(PRESETS))}")
+    config = override(PRESETS[preset], overrides) if overrides else PRESETS[preset]
     return config.validate()

@@ -153,6 +153,10 @@ def test_bad_protocols_are_rejected_with_their_reason(overrides, message):
         get_config("smoke", **overrides)
 
 
+def test_name_is_an_overridable_field():
+    assert get_config("smoke", name="mine").data.dataset_name == "mine_L8"
+
+
 def test_unknown_config_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown config 'shalow'; valid configs: .*shallow"):
         get_config("shalow")
