@@ -170,3 +170,10 @@ def test_command_line_reports_bad_input_clearly(tmp_path):
     assert result.returncode != 0
     assert "datagen: error: invalid data config: L must be an even integer >= 4" in stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_test_only_dataset_has_no_scales(tmp_path):
+    config = dataclasses.replace(SMOKE, n_train=0, n_val=0)
+    meta = records.read_meta(datagen.generate(config, tmp_path, progress=False))
+    assert meta["scales"] is None
+    assert meta["splits"]["test"]["num_trajectories"] == SMOKE.n_test

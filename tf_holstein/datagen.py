@@ -150,7 +150,9 @@ def merge(config: DataConfig, dataset_dir: str | os.PathLike) -> dict[str, Any]:
         raise RuntimeError(f"cannot merge {dataset_dir}: {len(missing)} shards are missing "
                            f"(first: {missing[0].filename}); run the remaining tasks first")
     train = [job for job in plan_shards(config) if job.split == "train"]
-    scales = records.merge_scales(_shard_scales(config, dataset_dir, job) for job in train)
+    # Without training trajectories (a test-only set) there is nothing to scale by.
+    scales = records.merge_scales(_shard_scales(config, dataset_dir, job) for job in train) \
+        if train else None
     meta = {
         "schema_version": records.SCHEMA_VERSION,
         "dataset": config.dataset_name,

@@ -506,7 +506,8 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
 
     n_traj: the first n trajectories (default all); steps: rollout length (default the
     dataset's T). A trajectory counts as diverged from the first step with a non-finite
-    value or |rho|, |Q|, |P| above `divergence_factor` times the dataset's training scales.
+    value or |rho|, |Q|, |P| above `divergence_factor` times the model's training scales
+    (the dataset's if the model records none).
     """
     if split not in records.SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(records.SPLITS)}")
@@ -535,7 +536,13 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(model, split)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    limits = divergence_limits(meta["scales"], divergence_factor)
+    # "Far outside the training range" is judged by the model's own training scales;
+    # a dataset made for testing only has none.
+    scales = loaded.metadata.get("model_config", {}).get("scales") or meta["scales"]
+    if not scales:
+        raise ValueError(f"neither the model nor {data} records training scales to judge "
+                         f"divergence by; export the model with tf_holstein.export")
+    limits = divergence_limits(scales, divergence_factor)
     g = meta["config"]["g_f"]
     from tqdm import tqdm
 
