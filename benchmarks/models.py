@@ -7,11 +7,13 @@ reference's RMS loss, backward, AdamW with grad-norm clipping), at L = 32.
 Rollout: steps/s (batch 1) or sample-steps/s (larger batches), returning
 every step's state as the reference does. Each case runs with and without
 XLA (`jit_compile`); the medians of `--repeats` timed runs are printed with
-the best one's ratio to the reference's figure. The machine's other load shows
-directly in these numbers: run it on an idle machine.
+the best one's ratio to the reference's figure. In parentheses: the share of
+the cores other processes used meanwhile; numbers taken beside other load are
+lower than this machine's.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
@@ -90,20 +92,35 @@ def rollout(model: models.HolsteinModel, batch: int, n_steps: int,
     return lambda: model.rollout(state, n_steps, jit_compile=jit_compile)["Q"]
 
 
-def median_rate(run: Callable[[], tf.Tensor], units_per_run: float) -> float:
-    """Median of `units_per_run` / seconds over timed runs, after two warm-up (compiling) runs."""
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), NaN elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def median_rate(run: Callable[[], tf.Tensor], units_per_run: float) -> tuple[float, float]:
+    """Median of `units_per_run` / seconds over timed runs, after two warm-up (compiling) runs,
+    and the median share of the cores that other processes used meanwhile."""
     run().numpy()
     start = time.perf_counter()
     run().numpy()
     calls = max(1, int(FLAGS.min_seconds / (time.perf_counter() - start)))
-    rates = []
+    rates, others = [], []
     for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
+        start, ours, everyone = time.perf_counter(), time.process_time(), busy_cpu_seconds()
         for _ in range(calls):
             result = run()
         result.numpy()
-        rates.append(units_per_run * calls / (time.perf_counter() - start))
-    return statistics.median(rates)
+        wall = time.perf_counter() - start
+        rates.append(units_per_run * calls / wall)
+        other_seconds = (busy_cpu_seconds() - everyone) - (time.process_time() - ours)
+        others.append(max(other_seconds, 0.0) / wall / os.cpu_count())
+    return statistics.median(rates), statistics.median(others)
 
 
 # name: (model kind, preset, what, batch, steps per run, unit, reference figure)
@@ -130,21 +147,23 @@ def main(argv: list[str]) -> None:
     if not FLAGS.modes or set(FLAGS.modes) - set(modes):
         raise app.UsageError(f"--modes takes graph and/or xla, got {FLAGS.modes}")
     print(f"{'case':<20}{'unit':>16}{'reference':>11}"
-          + "".join(f"{mode:>10}" for mode in FLAGS.modes) + f"{'best/ref':>10}")
+          + "".join(f"{mode + ' (others)':>20}" for mode in FLAGS.modes) + f"{'best/ref':>10}")
     for name in names:
         kind, preset, what, batch, steps, unit, reference = CASES[name]
         model = models.build_model(kind, preset, SCALES, zero_init_output=False)
-        rates = {}
+        results = {}
         for mode in FLAGS.modes:
             if what == "train":
-                rates[mode] = median_rate(training_step(model, batch, steps, modes[mode]), batch)
+                results[mode] = median_rate(training_step(model, batch, steps, modes[mode]),
+                                            batch)
             else:
-                rates[mode] = median_rate(rollout(model, batch, steps, modes[mode]),
-                                          batch * steps)
-        ratio = f"{max(rates.values()) / reference:.2f}x" if reference else "-"
+                results[mode] = median_rate(rollout(model, batch, steps, modes[mode]),
+                                            batch * steps)
+        best = max(rate for rate, _ in results.values())
+        ratio = f"{best / reference:.2f}x" if reference else "-"
         print(f"{name:<20}{unit:>16}{reference or '-':>11}"
-              + "".join(f"{rates[mode]:>10.1f}" for mode in FLAGS.modes) + f"{ratio:>10}",
-              flush=True)
+              + "".join(f"{rate:>12.1f} ({other:4.0%})" for rate, other in results.values())
+              + f"{ratio:>10}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from tf_holstein import layers
 
 
 def periodic_correlation(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """out[b, i, j, o] = bias[o] + sum x[b, i + di, j + dj, c] kernel[di + p, dj + p, c, o], wrapped."""
+    """out[b, i, j, o] = bias[o] + sum x[b, i + di, j + dj, c] kernel[di + p, dj + p, c, o],
+    indices taken modulo the image size."""
     k = kernel.shape[0]
     p = k // 2
     out = np.zeros(x.shape[:3] + (kernel.shape[-1],)) + bias
@@ -113,8 +114,8 @@ def test_residual_block_matches_its_formula_at_inference():
         norm.gamma.assign(rng.normal(size=6))
         norm.beta.assign(rng.normal(size=6))
     c1, c2 = block.conv1, block.conv2
-    h = periodic_correlation(np.tanh(layer_norm(x, block.ln1.gamma.numpy(), block.ln1.beta.numpy())),
-                             c1.kernel.numpy(), c1.bias.numpy())
+    normed = layer_norm(x, block.ln1.gamma.numpy(), block.ln1.beta.numpy())
+    h = periodic_correlation(np.tanh(normed), c1.kernel.numpy(), c1.bias.numpy())
     h = np.tanh(layer_norm(h, block.ln2.gamma.numpy(), block.ln2.beta.numpy()))
     expected = x + periodic_correlation(h, c2.kernel.numpy(), c2.bias.numpy())
     np.testing.assert_allclose(np.asarray(block(x, training=False)), expected, atol=1e-5)

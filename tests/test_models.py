@@ -194,6 +194,19 @@ def test_rollout_equals_repeated_steps(kind, jit_compile):
     np.testing.assert_allclose(order["Delta_Q"], expected[1], atol=1e-7)
 
 
+def test_rollout_takes_a_tensor_step_count_inside_a_function():
+    """A serving signature feeds n_steps as an input: one graph for every count."""
+    model = small_model("cnn")
+    state = {key: tf.constant(value) for key, value in random_state(2, 8).items()}
+    serve = tf.function(lambda state, n: model.rollout(state, n, order_parameters_only=True))
+    for n_steps in (2, 5):
+        served = serve(state, tf.constant(n_steps))
+        expected = model.rollout(state, n_steps, order_parameters_only=True)
+        assert served["Delta_Q"].shape == (2, n_steps)
+        np.testing.assert_allclose(served["Delta_Q"], expected["Delta_Q"], atol=1e-6)
+    assert serve.experimental_get_tracing_count() == 1
+
+
 def test_rollout_rejects_bad_requests():
     model = small_model("parc")
     state = random_state(1, 8)

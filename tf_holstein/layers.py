@@ -1,4 +1,4 @@
-"""Building blocks of the paper's networks: periodic convolutions and pre-activation residual blocks.
+"""Building blocks of the paper's networks: periodic convolutions, pre-activation residual blocks.
 
 Images are channels-last, `[batch, L, L, channels]`, on a periodic L x L grid
 (the density matrix of a ring: index i + L is index i). Everything here is
