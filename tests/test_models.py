@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import models
+from tf_holstein import models, physics
 
 # The shallow-quench scales at L = 16 (SPEC section 3); drho etc. as the reference's kwargs.
 SCALES = {"rho": 0.7065, "Q": 0.5187, "P": 0.1406, "drho": 0.03766, "dQ": 0.04215,
@@ -131,13 +131,13 @@ def test_a_step_commutes_with_translations(kind, L):
 
 def test_translation_by_one_site_flips_the_order_parameters():
     state = random_state(3, 8)
-    d_rho, d_q = models._order_parameters(state["rho"], state["Q"])
+    d_rho, d_q = physics.order_parameters(state["rho"], state["Q"])
     stagger = np.where(np.arange(8) % 2 == 0, -1.0, 1.0)
     np.testing.assert_allclose(d_q, (stagger * state["Q"]).mean(-1), rtol=1e-6)
     np.testing.assert_allclose(d_rho, (stagger * np.diagonal(state["rho"].real, axis1=1, axis2=2))
                                .mean(-1), rtol=1e-6, atol=1e-8)
     shifted = shift(state)
-    flipped = models._order_parameters(shifted["rho"], shifted["Q"])
+    flipped = physics.order_parameters(shifted["rho"], shifted["Q"])
     np.testing.assert_allclose(flipped[0], -d_rho, atol=1e-7)
     np.testing.assert_allclose(flipped[1], -d_q, atol=1e-7)
 
@@ -189,7 +189,7 @@ def test_rollout_equals_repeated_steps(kind, jit_compile):
             current = model.step(current)
         assert_states_close({key: v[:, k] for key, v in states.items()}, current)
     order = model.rollout(state, 4, order_parameters_only=True, jit_compile=jit_compile)
-    expected = models._order_parameters(states["rho"], states["Q"])
+    expected = physics.order_parameters(states["rho"], states["Q"])
     np.testing.assert_allclose(order["Delta_rho"], expected[0], atol=1e-7)
     np.testing.assert_allclose(order["Delta_Q"], expected[1], atol=1e-7)
 

@@ -67,11 +67,7 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, n_step: int, batch_
     `make_dataset_from_files` for the arguments.
     """
     meta = records.read_meta(data_dir)
-    files = records.list_shards(data_dir, split)
-    expected = meta["splits"][split]["num_shards"]
-    if len(files) != expected:
-        raise IOError(f"{data_dir} has {len(files)} {split} shards, meta.json lists "
-                      f"{expected}: the dataset is incomplete")
+    files = records.complete_shards(data_dir, split, meta)
     if not files:
         raise ValueError(f"the {split} split of {data_dir} has no trajectories")
     return make_dataset_from_files(

@@ -235,11 +235,7 @@ def truth_batches(dataset_dir: str | Path, split: str, n_traj: int, batch_size: 
     """The first n_traj trajectories of a split, in shard order, `batch_size` at a time:
     `rho` complex64 [B, T+1, L, L], `Q`, `P` float32 [B, T+1, L], `index` int64 [B]."""
     meta = records.read_meta(dataset_dir)
-    shards = records.list_shards(dataset_dir, split)
-    expected = meta["splits"][split]["num_shards"]
-    if len(shards) != expected:
-        raise IOError(f"{dataset_dir} has {len(shards)} {split} shards, meta.json lists "
-                      f"{expected}: the dataset is incomplete")
+    shards = records.complete_shards(dataset_dir, split, meta)
     index_feature = {"index": tf.io.FixedLenFeature([], tf.int64)}
 
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import keras
 import tensorflow as tf
 
+from tf_holstein import physics
 from tf_holstein.layers import PreActResNet
 
 STATE_KEYS = ("rho", "Q", "P")
@@ -80,18 +81,6 @@ def _state_mask(image: tf.Tensor) -> tf.Tensor:
     eye = tf.eye(tf.shape(image)[-2], dtype=image.dtype)
     ones = tf.ones_like(eye)
     return tf.stack([ones, ones, eye, eye], axis=-1)  # [L, L, 4]
-
-
-def _order_parameters(rho: tf.Tensor, Q: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """CDW order parameters (1/L) sum_i s_i (Re rho_ii, Q_i), s_i = -1 on even 0-based sites.
-
-    rho: complex [..., L, L], Q: real [..., L] -> two real [...]. Same convention as
-    `tf_holstein.physics.order_parameters` (SPEC section 5).
-    """
-    sites = tf.range(tf.shape(Q)[-1])
-    stagger = tf.where(sites % 2 == 0, tf.constant(-1.0, Q.dtype), tf.constant(1.0, Q.dtype))
-    density = tf.math.real(tf.linalg.diag_part(rho))
-    return tf.reduce_mean(stagger * density, axis=-1), tf.reduce_mean(stagger * Q, axis=-1)
 
 
 def validate_scales(scales: Mapping[str, float]) -> dict[str, float]:
@@ -241,7 +230,7 @@ class HolsteinModel(keras.Model):
         def record(next_image: tf.Tensor, derivative: tf.Tensor | None) -> Any:
             next_state = decode(next_image)
             if order_parameters_only:
-                order_rho, order_q = _order_parameters(next_state["rho"], next_state["Q"])
+                order_rho, order_q = physics.order_parameters(next_state["rho"], next_state["Q"])
                 return {"Delta_rho": order_rho, "Delta_Q": order_q}
             return (next_state, decode(derivative)) if return_derivatives else next_state
 

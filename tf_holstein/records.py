@@ -56,6 +56,17 @@ def list_shards(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
                   if _SHARD_PATTERN.match(p.name))
 
 
+def complete_shards(dataset_dir: str | os.PathLike, split: str,
+                    meta: Mapping[str, Any]) -> list[Path]:
+    """The shards of a split, checked against the count meta.json lists."""
+    shards = list_shards(dataset_dir, split)
+    expected = meta["splits"][split]["num_shards"]
+    if len(shards) != expected:
+        raise IOError(f"{dataset_dir} has {len(shards)} {split} shards, meta.json lists "
+                      f"{expected}: the dataset is incomplete")
+    return shards
+
+
 def encode_trajectory(arrays: Mapping[str, np.ndarray], index: int, phase: int) -> bytes:
     """One trajectory (the keys of ARRAY_DTYPES, without a batch axis) as an Example."""
     feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[
@@ -160,11 +171,7 @@ def load_split(dataset_dir: str | os.PathLike, split: str) -> dict[str, Any]:
     trajectory order), and `meta` (the dataset's meta.json).
     """
     meta = read_meta(dataset_dir)
-    shards = list_shards(dataset_dir, split)
-    expected = meta["splits"][split]["num_shards"]
-    if len(shards) != expected:
-        raise IOError(f"{dataset_dir} has {len(shards)} {split} shards, meta.json lists "
-                      f"{expected}: the dataset is incomplete")
+    shards = complete_shards(dataset_dir, split, meta)
     L, T = meta["config"]["L"], meta["config"]["saved_steps"]
     trajectories = []
     for path in shards:
