@@ -5,6 +5,8 @@ this runs at collection time, before any test creates a tensor.
 """
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
@@ -12,3 +14,20 @@ import tensorflow as tf  # noqa: E402
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+
+@pytest.fixture(scope="session")
+def smoke_dataset(tmp_path_factory):
+    """The `smoke` config's dataset (L = 8), generated once and only read by tests."""
+    from tf_holstein import datagen
+    from tf_holstein.configs import get_config
+
+    return datagen.generate(get_config("smoke").data, tmp_path_factory.mktemp("smoke_data"),
+                            progress=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_meta(smoke_dataset):
+    from tf_holstein import records
+
+    return records.read_meta(smoke_dataset)

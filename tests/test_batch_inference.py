@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import datagen, export, models, physics, records
+from tf_holstein import export, models, physics, records
 from tf_holstein.configs import get_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "batch_inference.py"
@@ -24,31 +24,21 @@ _spec.loader.exec_module(bi)
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return datagen.generate(SMOKE.data, tmp_path_factory.mktemp("data"), progress=False)
-
-
-@pytest.fixture(scope="module")
-def meta(dataset):
-    return records.read_meta(dataset)
-
-
-@pytest.fixture(scope="module")
-def perturbed(tmp_path_factory, meta):
+def perturbed(tmp_path_factory, smoke_meta):
     """An exported CNN whose output conv has small random weights (a non-trivial step)."""
     keras.utils.set_random_seed(1)
-    model = models.build_model("cnn", "tiny", meta["scales"])
+    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
     conv = model.cnn.network.output_conv
     conv.kernel.assign(0.05 * np.random.default_rng(0).normal(size=conv.kernel.shape))
     directory = tmp_path_factory.mktemp("model")
-    saved_model = export.export_model(model, directory, metadata={"data": meta["config"],
-                                                                  "time_step": meta["time_step"]})
+    saved_model = export.export_model(model, directory,
+                                      metadata=export.dataset_metadata(smoke_meta))
     return model, saved_model
 
 
 @pytest.fixture(scope="module")
-def states(dataset):
-    test = records.load_split(dataset, "test")
+def states(smoke_dataset):
+    test = records.load_split(smoke_dataset, "test")
     return {key: test[key][:, 0] for key in records.STATE_KEYS}
 
 
@@ -63,11 +53,11 @@ def save_npz(path, **arrays) -> Path:
     return path
 
 
-def test_batch_inference_equals_the_in_process_rollout(perturbed, dataset, states, tmp_path,
+def test_batch_inference_equals_the_in_process_rollout(perturbed, smoke_dataset, states, tmp_path,
                                                        capsys):
     model, saved_model = perturbed
     steps = 25
-    code, err = run_main(capsys, "--model", saved_model, "--input", dataset, "--steps", steps,
+    code, err = run_main(capsys, "--model", saved_model, "--input", smoke_dataset, "--steps", steps,
                          "--chunk", 7, "--batch_size", 1, "--out", tmp_path / "pred.npz")
     assert code == 0, err
     out = np.load(tmp_path / "pred.npz")
@@ -81,7 +71,7 @@ def test_batch_inference_equals_the_in_process_rollout(perturbed, dataset, state
     np.testing.assert_allclose(out["Delta_Q"], delta_q, atol=1e-7)
     np.testing.assert_array_equal(out["index"], [0, 1])
 
-    # The same from a .npz of the initial states, into a TFRecord of the dataset's encoding.
+    # The same from a .npz of the initial states, into a TFRecord of the smoke_dataset's encoding.
     source = save_npz(tmp_path / "initial.npz", **states, index=np.array([7, 9]))
     code, err = run_main(capsys, "--model", saved_model, "--input", source, "--steps", steps,
                          "--out", tmp_path / "pred.tfrecord")
@@ -113,7 +103,7 @@ def test_order_parameters_match_hand_computed_values():
     assert delta_rho[0] == pytest.approx(-0.15) and delta_q[0] == pytest.approx(0.75)
 
 
-def test_bad_inputs_fail_with_clear_messages(perturbed, dataset, states, tmp_path, capsys):
+def test_bad_inputs_fail_with_clear_messages(perturbed, smoke_dataset, states, tmp_path, capsys):
     _, saved_model = perturbed
     rho, Q, P = states["rho"], states["Q"], states["P"]
     nan_Q = Q.copy()
@@ -145,10 +135,10 @@ def test_bad_inputs_fail_with_clear_messages(perturbed, dataset, states, tmp_pat
     assert not (tmp_path / "out.npz").exists()
 
 
-def test_bad_records_models_and_outputs_fail_with_clear_messages(perturbed, dataset, tmp_path,
+def test_bad_records_models_and_outputs_fail_with_clear_messages(perturbed, smoke_dataset, tmp_path,
                                                                  capsys):
     _, saved_model = perturbed
-    shard = records.list_shards(dataset, "test")[0]
+    shard = records.list_shards(smoke_dataset, "test")[0]
     wrong_dtype = tmp_path / "wrong_dtype.tfrecord"
     with tf.io.TFRecordWriter(str(wrong_dtype)) as writer:
         feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[
@@ -227,8 +217,8 @@ def test_other_chain_lengths_run_when_allowed(perturbed, tmp_path, capsys):
     assert np.load(tmp_path / "out.npz")["rho"].shape == (1, 5, 12, 12)
 
 
-def test_diverging_trajectories_are_reported_not_crashed_on(meta, states, tmp_path, capsys):
-    model = models.build_model("cnn", "tiny", meta["scales"])
+def test_diverging_trajectories_are_reported_not_crashed_on(smoke_meta, states, tmp_path, capsys):
+    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
     model.cnn.network.output_conv.bias.assign([0.0, 0.0, np.inf, 0.0])  # Q -> inf at step 1
     saved_model = export.export_model(model, tmp_path / "export")
     source = save_npz(tmp_path / "initial.npz", **states)

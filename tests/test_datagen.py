@@ -1,6 +1,5 @@
 """Dataset generation: protocol semantics, determinism, resume, scale-out, refusals."""
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -20,11 +19,6 @@ SMOKE = get_config("smoke").data  # L = 8, 12 saved steps, 4/2/2 trajectories, s
 
 def shard_bytes(dataset_dir):
     return {p.name: p.read_bytes() for p in sorted(Path(dataset_dir).glob("*.tfrecord"))}
-
-
-@pytest.fixture(scope="module")
-def smoke_dataset(tmp_path_factory):
-    return datagen.generate(SMOKE, tmp_path_factory.mktemp("data"), progress=False)
 
 
 def test_layout_and_meta(smoke_dataset):

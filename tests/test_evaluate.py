@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_holstein import datagen, evaluate, export, models, physics, records
+from tf_holstein import evaluate, export, models, physics, records
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -27,42 +27,32 @@ def direct_autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return datagen.generate(SMOKE.data, tmp_path_factory.mktemp("data"), progress=False)
+def truth(smoke_dataset):
+    return records.load_split(smoke_dataset, "test")
 
 
-@pytest.fixture(scope="module")
-def meta(dataset):
-    return records.read_meta(dataset)
-
-
-@pytest.fixture(scope="module")
-def truth(dataset):
-    return records.load_split(dataset, "test")
-
-
-def export_workdir(model: models.HolsteinModel, workdir, meta) -> str:
+def export_workdir(model: models.HolsteinModel, workdir, smoke_meta) -> str:
     """A training workdir as train.py leaves it: <workdir>/export/{saved_model,model.keras}."""
     export.export_model(model, workdir / "export",
-                        metadata={"data": meta["config"], "time_step": meta["time_step"]})
+                        metadata=export.dataset_metadata(smoke_meta))
     return workdir
 
 
 @pytest.fixture(scope="module")
-def identity_run(tmp_path_factory, meta):
+def identity_run(tmp_path_factory, smoke_meta):
     """An untrained CNN: its output conv starts at zero, so every step is the identity."""
-    return export_workdir(models.build_model("cnn", "tiny", meta["scales"]),
-                          tmp_path_factory.mktemp("identity"), meta)
+    return export_workdir(models.build_model("cnn", "tiny", smoke_meta["scales"]),
+                          tmp_path_factory.mktemp("identity"), smoke_meta)
 
 
 @pytest.fixture(scope="module")
-def perturbed(tmp_path_factory, meta):
+def perturbed(tmp_path_factory, smoke_meta):
     """A CNN whose output conv has small random weights: steps change every variable."""
     keras.utils.set_random_seed(1)
-    model = models.build_model("cnn", "tiny", meta["scales"])
+    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
     conv = model.cnn.network.output_conv
     conv.kernel.assign(0.05 * np.random.default_rng(0).normal(size=conv.kernel.shape))
-    return model, export_workdir(model, tmp_path_factory.mktemp("perturbed"), meta)
+    return model, export_workdir(model, tmp_path_factory.mktemp("perturbed"), smoke_meta)
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -187,10 +177,10 @@ def test_metrics_when_every_trajectory_diverged_are_none_not_a_crash():
 
 
 # -- rollouts against the stored trajectories -------------------------------------------------
-def test_identity_model_metrics_equal_a_direct_computation(identity_run, dataset, truth):
+def test_identity_model_metrics_equal_a_direct_computation(identity_run, smoke_dataset, truth):
     """The identity model predicts the initial state forever: every error is the truth's
     distance from its start, computed here straight from load_split."""
-    metrics = evaluate.evaluate(identity_run, dataset, progress=False)
+    metrics = evaluate.evaluate(identity_run, smoke_dataset, progress=False)
     out = identity_run / "eval-test"  # the default: inside the workdir
     assert all((out / name).stat().st_size > 0 for name in (*FIGURES, "metrics.json"))
     assert json.loads((out / "metrics.json").read_text()) == evaluate.to_json(metrics)
@@ -218,14 +208,14 @@ def test_identity_model_metrics_equal_a_direct_computation(identity_run, dataset
     np.testing.assert_allclose(traces["truth_Delta_Q"], true_q[:, 1:], rtol=1e-6)
 
 
-def test_chunked_keras_and_saved_model_rollouts_agree_with_the_model(perturbed, dataset,
+def test_chunked_keras_and_saved_model_rollouts_agree_with_the_model(perturbed, smoke_dataset,
                                                                      truth, tmp_path):
     model, workdir = perturbed
     steps = 10
-    keras_metrics = evaluate.evaluate(workdir / "export" / "model.keras", dataset, steps=steps,
+    keras_metrics = evaluate.evaluate(workdir / "export" / "model.keras", smoke_dataset, steps=steps,
                                       chunk=3, batch_size=1, out_dir=tmp_path / "keras",
                                       snapshot_steps=[0, 4, 10], progress=False)
-    saved_metrics = evaluate.evaluate(workdir / "export" / "saved_model", dataset, steps=steps,
+    saved_metrics = evaluate.evaluate(workdir / "export" / "saved_model", smoke_dataset, steps=steps,
                                       out_dir=tmp_path / "saved", progress=False)
     assert keras_metrics["run"]["model_format"] == "keras"
     predicted = model.rollout({key: truth[key][:, 0] for key in records.STATE_KEYS}, steps)
@@ -239,20 +229,20 @@ def test_chunked_keras_and_saved_model_rollouts_agree_with_the_model(perturbed, 
             saved_metrics["summary"][name]["median_rmse_over_std"], rel=1e-4)
 
 
-def test_a_diverging_model_is_reported_not_crashed_on(dataset, meta, truth, tmp_path):
+def test_a_diverging_model_is_reported_not_crashed_on(smoke_dataset, smoke_meta, truth, tmp_path):
     """Only P grows, by a constant b * delta_P scale per step: it leaves the range
     |P| <= 10 * P scale at a step computable by hand, finite all along."""
-    model = models.build_model("cnn", "tiny", meta["scales"])
+    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
     b = 20.0
     model.cnn.network.output_conv.bias.assign([0.0, 0.0, 0.0, b])
     export.export_model(model, tmp_path / "export")
-    increment = np.float32(b) * np.float32(meta["scales"]["delta_P"])
-    limit = evaluate.DIVERGENCE_FACTOR * meta["scales"]["P"]
-    t = np.arange(1, meta["T"] + 1)[None, :, None]
+    increment = np.float32(b) * np.float32(smoke_meta["scales"]["delta_P"])
+    limit = evaluate.DIVERGENCE_FACTOR * smoke_meta["scales"]["P"]
+    t = np.arange(1, smoke_meta["T"] + 1)[None, :, None]
     beyond = np.abs(truth["P"][:, :1] + t * increment).max(axis=-1) > limit
     expected = beyond.argmax(axis=1) + 1
-    assert 1 < expected.min() and expected.max() < meta["T"]  # diverges mid-rollout
-    metrics = evaluate.evaluate(tmp_path / "export" / "model.keras", dataset,
+    assert 1 < expected.min() and expected.max() < smoke_meta["T"]  # diverges mid-rollout
+    metrics = evaluate.evaluate(tmp_path / "export" / "model.keras", smoke_dataset,
                                 out_dir=tmp_path / "eval", chunk=4, progress=False)
     assert metrics["per_trajectory"]["first_diverged_step"] == expected.tolist()
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -261,24 +251,24 @@ def test_a_diverging_model_is_reported_not_crashed_on(dataset, meta, truth, tmp_
     assert all((tmp_path / "eval" / name).exists() for name in FIGURES)
 
 
-def test_bad_requests_are_refused_with_reasons(identity_run, dataset, meta, tmp_path):
+def test_bad_requests_are_refused_with_reasons(identity_run, smoke_dataset, smoke_meta, tmp_path):
     cases = [
-        (dict(steps=meta["T"] + 1), r"steps must be in 1\.\.12"),
+        (dict(steps=smoke_meta["T"] + 1), r"steps must be in 1\.\.12"),
         (dict(n_traj=3), r"n_traj must be in 1\.\.2 \(the test split"),
         (dict(split="holdout"), "unknown split 'holdout'"),
         (dict(snapshot_steps=[0, 99]), r"snapshot steps must lie in 0\.\.12"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
-            evaluate.evaluate(identity_run, dataset, out_dir=tmp_path, progress=False,
+            evaluate.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False,
                               **kwargs)
     with pytest.raises(FileNotFoundError, match="no model at"):
-        evaluate.evaluate(tmp_path / "nothing", dataset, progress=False)
-    other = export_workdir(models.build_model("cnn", "tiny", meta["scales"]), tmp_path / "run",
-                           {**meta, "config": {**meta["config"], "g_f": 1.0},
+        evaluate.evaluate(tmp_path / "nothing", smoke_dataset, progress=False)
+    other = export_workdir(models.build_model("cnn", "tiny", smoke_meta["scales"]), tmp_path / "run",
+                           {**smoke_meta, "config": {**smoke_meta["config"], "g_f": 1.0},
                             "time_step": 2.56})
     with pytest.raises(ValueError, match="predicts steps of 2.56 .* g_f = 1"):
-        evaluate.evaluate(other, dataset, progress=False)
+        evaluate.evaluate(other, smoke_dataset, progress=False)
 
 
 def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
@@ -290,10 +280,10 @@ def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
     assert evaluate.default_out_dir(identity_run, "test") == identity_run / "eval-test"
 
 
-def test_command_line(identity_run, dataset, tmp_path):
+def test_command_line(identity_run, smoke_dataset, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",
-         str(dataset), "--n_traj", "1", "--steps", "6", "--snapshot_steps", "0,3",
+         str(smoke_dataset), "--n_traj", "1", "--steps", "6", "--snapshot_steps", "0,3",
          "--out", str(tmp_path), "--progress=false"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -304,7 +294,7 @@ def test_command_line(identity_run, dataset, tmp_path):
     assert len(saved["per_step"]["rmse"]["rho"]) == 6
     failed = subprocess.run(
         [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",
-         str(dataset), "--steps", "99", "--out", str(tmp_path), "--progress=false"],
+         str(smoke_dataset), "--steps", "99", "--out", str(tmp_path), "--progress=false"],
         capture_output=True, text=True, timeout=300)
     assert failed.returncode != 0
     assert "evaluate: error: steps must be in 1..12" in failed.stderr

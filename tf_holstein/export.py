@@ -49,6 +49,12 @@ def _outputs(state: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             "Q": state["Q"], "P": state["P"], "Delta_rho": delta_rho, "Delta_Q": delta_q}
 
 
+def dataset_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What an export records of its training dataset's meta.json: the protocol and the
+    time per step, which evaluation and batch inference check their data against."""
+    return {"data": meta["config"], "time_step": meta["time_step"]}
+
+
 def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
                  metadata: Mapping[str, Any] | None = None) -> Path:
     """Writes `directory/saved_model/` and `directory/model.keras`, each atomically.

@@ -369,8 +369,8 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
         tic = time.perf_counter()
         if (workdir / "best.weights.h5").exists():
             trainer.model.load_weights(str(workdir / "best.weights.h5"))
-        export.export_model(trainer.model, workdir / "export", metadata={
-            "data": trainer.meta["config"], "time_step": trainer.meta["time_step"]})
+        export.export_model(trainer.model, workdir / "export",
+                            metadata=export.dataset_metadata(trainer.meta))
         timings["export_s"] = time.perf_counter() - tic
         tic = time.perf_counter()
         evaluation = None
