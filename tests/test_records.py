@@ -104,3 +104,15 @@ def test_scales_are_max_abs_statistics():
     halves = [records.trajectory_scales({k: v[:, :2] if k.startswith("mid") else v[:, :3]
                                          for k, v in batch.items()}, 0.8), scales]
     assert records.merge_scales(halves) == scales
+
+
+def test_scales_from_records_stream_the_split(tmp_path):
+    rng = np.random.default_rng(5)
+    trajectories = [random_trajectory(rng, T=3, L=4) for _ in range(3)]
+    for shard, group in enumerate((trajectories[:2], trajectories[2:])):
+        records.write_shard(tmp_path / records.shard_name("train", shard, 2),
+                            (records.encode_trajectory(t, i, 0) for i, t in enumerate(group)))
+    whole = records.trajectory_scales({k: np.stack([t[k] for t in trajectories])
+                                       for k in trajectories[0]}, 0.8)
+    streamed = records.scales_from_records(tmp_path, "train", 0.8)
+    assert streamed == pytest.approx(whole, rel=1e-12)

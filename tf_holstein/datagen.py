@@ -173,12 +173,11 @@ def merge(config: DataConfig, dataset_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _shard_scales(config: DataConfig, dataset_dir: Path, job: ShardJob) -> dict[str, float]:
+    """A shard's statistics from the sidecar written with it, else from its records."""
     sidecar = dataset_dir / _stats_name(job.filename)
     if sidecar.exists():
         return json.loads(sidecar.read_text())
-    parts = (records.trajectory_scales({k: v[None] for k, v in t.items()}, config.g_f)
-             for t in records.iterate_shard(dataset_dir / job.filename))
-    return records.merge_scales(parts)
+    return records.shard_scales(dataset_dir / job.filename, config.g_f)
 
 
 class _Progress:

@@ -228,12 +228,16 @@ def merge_scales(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
     return merged
 
 
+def shard_scales(path: str | os.PathLike, g: float) -> dict[str, float]:
+    """The max-abs statistics of one shard, streamed trajectory by trajectory."""
+    return merge_scales(trajectory_scales({k: v[None] for k, v in t.items()}, g)
+                        for t in iterate_shard(path))
+
+
 def scales_from_records(dataset_dir: str | os.PathLike, split: str, g: float
                         ) -> dict[str, float]:
-    """The scaling constants of a split, streamed shard by trajectory (bounded memory).
+    """The scaling constants of a split, streamed (bounded memory).
 
     For users who bring their own TFRecords of the documented schema.
     """
-    parts = (trajectory_scales({k: v[None] for k, v in t.items()}, g)
-             for path in list_shards(dataset_dir, split) for t in iterate_shard(path))
-    return merge_scales(parts)
+    return merge_scales(shard_scales(path, g) for path in list_shards(dataset_dir, split))
