@@ -31,3 +31,19 @@ def smoke_meta(smoke_dataset):
     from tf_holstein import records
 
     return records.read_meta(smoke_dataset)
+
+
+@pytest.fixture(scope="session")
+def perturbed_cnn(smoke_meta):
+    """A tiny CNN whose output conv has small random weights, so that a step changes
+    every variable (an untrained one is the identity)."""
+    import keras
+    import numpy as np
+
+    from tf_holstein import models
+
+    keras.utils.set_random_seed(1)
+    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
+    conv = model.cnn.network.output_conv
+    conv.kernel.assign(0.05 * np.random.default_rng(0).normal(size=conv.kernel.shape))
+    return model

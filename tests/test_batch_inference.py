@@ -7,7 +7,6 @@ import re
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,12 +23,9 @@ _spec.loader.exec_module(bi)
 
 
 @pytest.fixture(scope="module")
-def perturbed(tmp_path_factory, smoke_meta):
-    """An exported CNN whose output conv has small random weights (a non-trivial step)."""
-    keras.utils.set_random_seed(1)
-    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
-    conv = model.cnn.network.output_conv
-    conv.kernel.assign(0.05 * np.random.default_rng(0).normal(size=conv.kernel.shape))
+def perturbed(tmp_path_factory, smoke_meta, perturbed_cnn):
+    """The perturbed CNN, exported."""
+    model = perturbed_cnn
     directory = tmp_path_factory.mktemp("model")
     saved_model = export.export_model(model, directory,
                                       metadata=export.dataset_metadata(smoke_meta))

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -46,13 +45,10 @@ def identity_run(tmp_path_factory, smoke_meta):
 
 
 @pytest.fixture(scope="module")
-def perturbed(tmp_path_factory, smoke_meta):
-    """A CNN whose output conv has small random weights: steps change every variable."""
-    keras.utils.set_random_seed(1)
-    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
-    conv = model.cnn.network.output_conv
-    conv.kernel.assign(0.05 * np.random.default_rng(0).normal(size=conv.kernel.shape))
-    return model, export_workdir(model, tmp_path_factory.mktemp("perturbed"), smoke_meta)
+def perturbed(tmp_path_factory, smoke_meta, perturbed_cnn):
+    """The perturbed CNN and its training-style workdir."""
+    return perturbed_cnn, export_workdir(perturbed_cnn, tmp_path_factory.mktemp("perturbed"),
+                                         smoke_meta)
 
 
 # -- statistics -------------------------------------------------------------------------------
