@@ -133,6 +133,9 @@ class TrainConfig:
     val_rollout_steps: int = 0  # steps of the validation rollout metric; 0: whole trajectories
     select_by: str = "rollout"  # best model by the rollout metric, or by the validation "loss"
     jit_compile: bool = True  # XLA training steps on GPUs (on CPUs it measured slower)
+    # Warm start: another run's best.weights.h5 (or a model.keras) of the same model kind and
+    # size, e.g. to continue a finished run with a further curriculum or to move to another L.
+    init_from: str = ""
 
     def validate(self) -> "TrainConfig":
         problems = []

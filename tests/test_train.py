@@ -204,3 +204,20 @@ def test_parc_trains_on_states_and_derivatives(tmp_path):
         rho_real=tf.eye(L, batch_shape=[1]) * 0.5, rho_imag=tf.zeros([1, L, L]),
         Q=tf.zeros([1, L]), P=tf.zeros([1, L]), n_steps=tf.constant(3))
     assert out["Delta_rho"].shape == (1, 3)
+
+
+def test_warm_start_copies_a_finished_runs_weights(smoke_run, data_dir, tmp_path):
+    best = smoke_run[0] / "best.weights.h5"
+    dataset = data_dir / SMOKE.data.dataset_name
+    source = train.Trainer(SMOKE, dataset, tmp_path / "source").model
+    source.load_weights(str(best))
+    warm = train.Trainer(get_config("smoke", init_from=str(best)), dataset, tmp_path / "warm")
+    assert warm.model.trainable_variables
+    for a, b in zip(warm.model.trainable_variables, source.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match="no such file"):
+        train.Trainer(get_config("smoke", init_from=str(tmp_path / "nothing.weights.h5")),
+                      dataset, tmp_path / "missing")
+    with pytest.raises(ValueError, match="do not fit a HolsteinCNN"):
+        train.Trainer(get_config("smoke", init_from=str(best), channels=12), dataset,
+                      tmp_path / "wider")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import keras
@@ -334,3 +335,32 @@ def build_model(kind: str, preset: str, scales: Mapping[str, float],
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     return MODELS[kind](scales, **{**dataclasses.asdict(PRESETS[preset]), **overrides})
+
+
+def warm_start(model: HolsteinModel, path: str | Path) -> None:
+    """Copies the trainable weights saved at `path` (a `.weights.h5` or `.keras` file of the
+    same kind and size) into `model`, keeping `model`'s scales: those of its own data, which
+    may be another L."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cannot warm-start from {path}: no such file (give a run's "
+                         f"best.weights.h5 or an exported model.keras)")
+    if path.name.endswith(".keras"):
+        source = keras.saving.load_model(str(path), compile=False)
+    elif path.name.endswith(".weights.h5"):
+        source = type(model).from_config(model.get_config())
+        try:
+            source.load_weights(str(path))
+        except ValueError as e:
+            raise ValueError(f"cannot warm-start from {path}: its weights do not fit a "
+                             f"{type(model).__name__} with {model.architecture} ({e})") from None
+    else:
+        raise ValueError(f"cannot warm-start from {path}: expected a .weights.h5 or .keras file")
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    if type(source) is not type(model) or \
+            [tuple(v.shape) for v in source.trainable_variables] != shapes:
+        raise ValueError(f"cannot warm-start from {path}: it holds a {type(source).__name__} "
+                         f"whose weights do not fit a {type(model).__name__} with "
+                         f"{model.architecture}")
+    for target, value in zip(model.trainable_variables, source.trainable_variables):
+        target.assign(value)

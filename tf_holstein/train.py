@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 
 from tf_holstein import (cli, data, datagen, evaluate, export, losses, models, physics, plots,
                          records)
@@ -78,6 +78,8 @@ class Trainer:
             self.optimizer = keras.optimizers.AdamW(learning_rate=self.schedule,
                                                     weight_decay=train.weight_decay)
             self.optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+            if train.init_from:
+                models.warm_start(self.model, train.init_from)
             self.optimizer.build(self.model.trainable_variables)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # epochs completed
             self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
@@ -273,6 +275,11 @@ class Trainer:
             final = {**values, **self.validate(stage, writer)}
             self.epoch.assign(epoch + 1)
             self.manager.save(checkpoint_number=epoch + 1)
+            if self.is_chief:  # one line per epoch for logs of unattended runs
+                logging.info("epoch %d/%d (stage %d, n_step %d): step %d, %.0f samples/s, %s",
+                             epoch + 1, len(self.epochs), stage_index + 1, stage.n_step, step,
+                             rate, ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items())
+                                             if k.startswith(("loss/total", "val_", "best"))))
         bar.close()
         writer.flush()
         return final
