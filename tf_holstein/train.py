@@ -37,6 +37,8 @@ flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last 
 
 NO_DECAY = ("bias", "gamma", "beta")  # AdamW: no weight decay on biases and LayerNorms
 LOG_EVERY = 50  # optimizer steps between TensorBoard scalar writes
+EPOCH_LOG_KEYS = ("loss/total", "val_loss/total", "val_rollout/Delta_rho_rmse_over_std",
+                  "val_rollout/Delta_Q_rmse_over_std", "best")
 
 
 def make_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
@@ -279,7 +281,7 @@ class Trainer:
                 logging.info("epoch %d/%d (stage %d, n_step %d): step %d, %.0f samples/s, %s",
                              epoch + 1, len(self.epochs), stage_index + 1, stage.n_step, step,
                              rate, ", ".join(f"{k} {v:.4g}" for k, v in sorted(final.items())
-                                             if k.startswith(("loss/total", "val_", "best"))))
+                                             if k in EPOCH_LOG_KEYS))
         bar.close()
         writer.flush()
         return final
