@@ -131,7 +131,10 @@ class TrainConfig:
     train_seed: int = 0
     val_batches: int = 8  # batches of validation windows for the multi-step loss
     val_rollout_steps: int = 0  # steps of the validation rollout metric; 0: whole trajectories
-    select_by: str = "rollout"  # best model by the rollout metric, or by the validation "loss"
+    # The best model: by validation rollout RMSE / std ("rollout"), by the validation loss
+    # within the latest stage ("loss"), or by the rollouts' autocorrelation ("autocorrelation",
+    # for chaotic quenches whose trajectories no model can follow for long).
+    select_by: str = "rollout"
     jit_compile: bool = True  # XLA training steps on GPUs (on CPUs it measured slower)
     # Warm start: another run's best.weights.h5 (or a model.keras) of the same model kind and
     # size, e.g. to continue a finished run with a further curriculum or to move to another L.
@@ -148,8 +151,9 @@ class TrainConfig:
                                 f"and noise >= 0")
         if self.lr <= 0 or self.batch_size < 1 or not 0 <= self.eta_min <= 1:
             problems.append("need lr > 0, batch_size >= 1 and 0 <= eta_min <= 1")
-        if self.select_by not in ("rollout", "loss"):
-            problems.append(f"select_by must be 'rollout' or 'loss', got {self.select_by!r}")
+        if self.select_by not in ("rollout", "loss", "autocorrelation"):
+            problems.append(f"select_by must be 'rollout', 'loss' or 'autocorrelation', got "
+                            f"{self.select_by!r}")
         if problems:
             raise ValueError("invalid train config: " + "; ".join(problems))
         return self

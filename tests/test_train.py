@@ -1,6 +1,7 @@
 """Training: the loss falls, replicas agree with one device, resume is exact, exports reload."""
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import datagen, train
+from tf_holstein import datagen, physics, train
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -198,6 +199,8 @@ def test_parc_trains_on_states_and_derivatives(tmp_path):
                   for step in (1, end_of_stage)}
     assert derivative[end_of_stage] < 0.5 * derivative[1]
     assert summary["optimizer_steps"] == config.train.total_steps
+    # Selected by loss: the best of the last stage, whose n_step-2 loss exceeds stage 1's.
+    assert summary["best"]["epoch"] == len(train.stage_epochs(config.train.stages))
     loaded = tf.saved_model.load(str(tmp_path / "run" / "export" / "saved_model"))
     L = config.data.L
     out = loaded.rollout_order_parameters(
@@ -221,3 +224,22 @@ def test_warm_start_copies_a_finished_runs_weights(smoke_run, data_dir, tmp_path
     with pytest.raises(ValueError, match="do not fit a HolsteinCNN"):
         train.Trainer(get_config("smoke", init_from=str(best), channels=12), dataset,
                       tmp_path / "wider")
+
+
+def test_autocorrelation_selection_metric(smoke_run, data_dir, tmp_path):
+    """Zero for rollouts that reproduce the truth, infinite for diverged ones."""
+    trainer = train.Trainer(get_config("smoke", select_by="autocorrelation"),
+                            data_dir / SMOKE.data.dataset_name, tmp_path)
+    truth = {key: trainer._val[key][:, 1:] for key in ("rho", "Q", "P")}
+    order = dict(zip(("Delta_rho", "Delta_Q"),
+                     (tf.constant(x) for x in physics.order_parameters(truth["rho"],
+                                                                       truth["Q"]))))
+    key = train.SELECTION_KEYS["autocorrelation"]
+    trainer.model.rollout = lambda state, steps, **_: order
+    assert trainer.rollout_metrics()[0][key] < 1e-12
+    shifted = {name: tf.roll(x, 3, axis=1) for name, x in order.items()}
+    trainer.model.rollout = lambda state, steps, **_: shifted
+    assert 1e-3 < trainer.rollout_metrics()[0][key] < math.inf
+    blown_up = {name: x * tf.where(tf.range(x.shape[1]) > 5, 1e3, 1.0) for name, x in order.items()}
+    trainer.model.rollout = lambda state, steps, **_: blown_up
+    assert trainer.rollout_metrics()[0][key] == math.inf

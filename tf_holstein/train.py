@@ -38,7 +38,12 @@ flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last 
 NO_DECAY = ("bias", "gamma", "beta")  # AdamW: no weight decay on biases and LayerNorms
 LOG_EVERY = 50  # optimizer steps between TensorBoard scalar writes
 EPOCH_LOG_KEYS = ("loss/total", "val_loss/total", "val_rollout/Delta_rho_rmse_over_std",
-                  "val_rollout/Delta_Q_rmse_over_std", "best")
+                  "val_rollout/Delta_Q_rmse_over_std", "val_rollout/autocorrelation_max_abs_diff",
+                  "best")
+# Model selection metric per `select_by`; lower is better.
+SELECTION_KEYS = {"rollout": "val_rollout/score", "loss": "val_loss/total",
+                  "autocorrelation": "val_rollout/autocorrelation_max_abs_diff"}
+DIVERGED_FACTOR = 10.0  # a validation rollout beyond 10x the truth's largest |Delta| diverged
 
 
 def make_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
@@ -220,7 +225,8 @@ class Trainer:
 
     def rollout_metrics(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Delta_rho and Delta_Q RMSE / std of rollouts from each validation trajectory's
-        first state (medians over trajectories), and the traces for plotting."""
+        first state (medians over trajectories), the largest difference of their
+        autocorrelations from the truth's (the climate of a chaotic quench), and the traces."""
         if self._val is None:
             return {}, {}
         steps = self.config.train.val_rollout_steps or self.meta["T"]
@@ -232,14 +238,23 @@ class Trainer:
         traces = {"true_Delta_rho": true_rho, "true_Delta_Q": true_q,
                   "pred_Delta_rho": predicted["Delta_rho"].numpy(),
                   "pred_Delta_Q": predicted["Delta_Q"].numpy()}
-        metrics = {}
+        metrics, climate = {}, 0.0
         for name in ("Delta_rho", "Delta_Q"):
             truth, pred = traces[f"true_{name}"], traces[f"pred_{name}"]
             with np.errstate(invalid="ignore", over="ignore"):
                 score = np.sqrt(np.mean((pred - truth) ** 2, axis=1)) / np.std(truth, axis=1)
             score[~np.isfinite(score)] = np.inf
             metrics[f"val_rollout/{name}_rmse_over_std"] = float(np.median(score))
+            # A diverged rollout (non-finite, or far outside the truth's range) fails the
+            # climate test outright instead of dominating the ensemble's statistics.
+            if np.all(np.abs(pred) <= DIVERGED_FACTOR * np.abs(truth).max()):
+                lag = min(evaluate.MAX_LAG, steps - 1)
+                climate = max(climate, float(np.max(np.abs(
+                    evaluate.autocorrelation(pred, lag) - evaluate.autocorrelation(truth, lag)))))
+            else:
+                climate = math.inf
         metrics["val_rollout/score"] = sum(metrics.values())
+        metrics["val_rollout/autocorrelation_max_abs_diff"] = climate
         return metrics, traces
 
     # -- the loop -----------------------------------------------------------------------
@@ -274,6 +289,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{values['loss/total']:.4g}",
                                     samples_s=f"{rate:.0f}")
                     _write_scalars(writer, values, step)
+            first_of_stage = epoch == 0 or self.epochs[epoch - 1][0] != stage_index
+            if first_of_stage and train.select_by == "loss":
+                # Losses over different n_step are not comparable: keep the best of the
+                # latest stage reached.
+                self.best.assign(math.inf)
             final = {**values, **self.validate(stage, writer)}
             self.epoch.assign(epoch + 1)
             self.manager.save(checkpoint_number=epoch + 1)
@@ -292,8 +312,7 @@ class Trainer:
         metrics = self.eval_losses(stage.n_step, self.config.train.val_batches)
         rollout, traces = self.rollout_metrics()
         metrics.update(rollout)
-        key = "val_rollout/score" if self.config.train.select_by == "rollout" else \
-            "val_loss/total"
+        key = SELECTION_KEYS[self.config.train.select_by]
         if key in metrics and metrics[key] < float(self.best.numpy()):
             self.best.assign(metrics[key])
             if self.is_chief:
