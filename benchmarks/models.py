@@ -1,34 +1,38 @@
 """Speed of the models on this machine against the reference PyTorch code (SPEC section 6).
 
     python benchmarks/models.py [--repeats 5] [--cases train_tiny,rollout_parc_b1,...]
+        [--precisions float32,mixed_bfloat16]
 
 Training: samples/s of a full optimizer step (rollout in training mode, the
 reference's RMS loss, backward, AdamW with grad-norm clipping), at L = 32.
 Rollout: steps/s (batch 1) or sample-steps/s (larger batches), returning
 every step's state as the reference does. Each case runs with and without
-XLA (`jit_compile`); the medians of `--repeats` timed runs are printed with
-the best one's ratio to the reference's figure. In parentheses: the share of
-the cores other processes used meanwhile; numbers taken beside other load are
-lower than this machine's.
+XLA (`jit_compile`), in each of `--precisions` (a line each); the medians of
+`--repeats` timed runs are printed with the best one's ratio to the
+reference's figure. The timed runs of a case's modes and precisions take
+turns, so that their ratios hold under changing load. In parentheses: the
+share of the cores other processes used meanwhile; numbers taken beside other
+load are lower than this machine's.
 """
 from __future__ import annotations
 
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import models
+from tf_holstein import layers, models
 
 flags.DEFINE_integer("repeats", 5, "timed runs per case; the median is reported")
 flags.DEFINE_float("min_seconds", 1.0, "minimum duration of one timed run")
 flags.DEFINE_list("cases", None, "cases to run (default: all)")
 flags.DEFINE_list("modes", ["graph", "xla"], "graph (TensorFlow kernels) and/or xla (jit_compile)")
+flags.DEFINE_list("precisions", ["float32"], f"model precisions: {', '.join(layers.PRECISIONS)}")
 FLAGS = flags.FLAGS
 
 L = 32
@@ -103,24 +107,37 @@ def busy_cpu_seconds() -> float:
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def median_rate(run: Callable[[], tf.Tensor], units_per_run: float) -> tuple[float, float]:
-    """Median of `units_per_run` / seconds over timed runs, after two warm-up (compiling) runs,
-    and the median share of the cores that other processes used meanwhile."""
+def calls_per_run(run: Callable[[], tf.Tensor]) -> int:
+    """Calls of `run` that last `--min_seconds`, after a warm-up (compiling) call."""
     run().numpy()
     start = time.perf_counter()
     run().numpy()
-    calls = max(1, int(FLAGS.min_seconds / (time.perf_counter() - start)))
-    rates, others = [], []
+    return max(1, int(FLAGS.min_seconds / (time.perf_counter() - start)))
+
+
+def timed_run(run: Callable[[], tf.Tensor], calls: int) -> tuple[float, float]:
+    """(calls / seconds, share of the cores that other processes used meanwhile)."""
+    start, ours, everyone = time.perf_counter(), time.process_time(), busy_cpu_seconds()
+    for _ in range(calls):
+        result = run()
+    result.numpy()
+    wall = time.perf_counter() - start
+    other_seconds = (busy_cpu_seconds() - everyone) - (time.process_time() - ours)
+    return calls / wall, max(other_seconds, 0.0) / wall / os.cpu_count()
+
+
+def median_rates(runs: dict[Any, Callable[[], tf.Tensor]], units_per_run: float
+                 ) -> dict[Any, tuple[float, float]]:
+    """For each run: the median of `units_per_run` / seconds over `--repeats` timed runs, and
+    the median share of the cores others used; the runs take turns within each repeat."""
+    calls = {key: calls_per_run(run) for key, run in runs.items()}
+    samples: dict[Any, list[tuple[float, float]]] = {key: [] for key in runs}
     for _ in range(FLAGS.repeats):
-        start, ours, everyone = time.perf_counter(), time.process_time(), busy_cpu_seconds()
-        for _ in range(calls):
-            result = run()
-        result.numpy()
-        wall = time.perf_counter() - start
-        rates.append(units_per_run * calls / wall)
-        other_seconds = (busy_cpu_seconds() - everyone) - (time.process_time() - ours)
-        others.append(max(other_seconds, 0.0) / wall / os.cpu_count())
-    return statistics.median(rates), statistics.median(others)
+        for key, run in runs.items():
+            samples[key].append(timed_run(run, calls[key]))
+    return {key: (units_per_run * statistics.median(rate for rate, _ in values),
+                  statistics.median(other for _, other in values))
+            for key, values in samples.items()}
 
 
 # name: (model kind, preset, what, batch, steps per run, unit, reference figure)
@@ -146,24 +163,28 @@ def main(argv: list[str]) -> None:
     modes = {"graph": False, "xla": True}
     if not FLAGS.modes or set(FLAGS.modes) - set(modes):
         raise app.UsageError(f"--modes takes graph and/or xla, got {FLAGS.modes}")
-    print(f"{'case':<20}{'unit':>16}{'reference':>11}"
+    if not FLAGS.precisions or set(FLAGS.precisions) - set(layers.PRECISIONS):
+        raise app.UsageError(f"--precisions takes {' and/or '.join(layers.PRECISIONS)}, got "
+                             f"{FLAGS.precisions}")
+    print(f"{'case':<20}{'precision':>16}{'unit':>16}{'reference':>11}"
           + "".join(f"{mode + ' (others)':>20}" for mode in FLAGS.modes) + f"{'best/ref':>10}")
     for name in names:
         kind, preset, what, batch, steps, unit, reference = CASES[name]
-        model = models.build_model(kind, preset, SCALES, zero_init_output=False)
-        results = {}
-        for mode in FLAGS.modes:
-            if what == "train":
-                results[mode] = median_rate(training_step(model, batch, steps, modes[mode]),
-                                            batch)
-            else:
-                results[mode] = median_rate(rollout(model, batch, steps, modes[mode]),
-                                            batch * steps)
-        best = max(rate for rate, _ in results.values())
-        ratio = f"{best / reference:.2f}x" if reference else "-"
-        print(f"{name:<20}{unit:>16}{reference or '-':>11}"
-              + "".join(f"{rate:>12.1f} ({other:4.0%})" for rate, other in results.values())
-              + f"{ratio:>10}", flush=True)
+        make = training_step if what == "train" else rollout
+        runs = {}
+        for precision in FLAGS.precisions:
+            model = models.build_model(kind, preset, SCALES, zero_init_output=False,
+                                       precision=precision)
+            for mode in FLAGS.modes:
+                runs[precision, mode] = make(model, batch, steps, modes[mode])
+        results = median_rates(runs, batch if what == "train" else batch * steps)
+        for precision in FLAGS.precisions:
+            row = [results[precision, mode] for mode in FLAGS.modes]
+            best = max(rate for rate, _ in row)
+            ratio = f"{best / reference:.2f}x" if reference else "-"
+            print(f"{name:<20}{precision:>16}{unit:>16}{reference or '-':>11}"
+                  + "".join(f"{rate:>12.1f} ({other:4.0%})" for rate, other in row)
+                  + f"{ratio:>10}", flush=True)
 
 
 if __name__ == "__main__":

@@ -75,11 +75,17 @@ class ModelConfig:
     channels: int = 16
     n_blocks: int = 1
     dropout: float = 0.2
+    # "mixed_bfloat16": convolutions in bfloat16, the rest float32; pays off for wide networks
+    # on GPUs and on CPUs with AVX512-BF16 or AMX (benchmarks/models.py --precisions).
+    precision: str = "float32"
 
     def validate(self) -> "ModelConfig":
         if self.kind not in ("cnn", "parc"):
             raise ValueError(f"invalid model config: kind must be 'cnn' or 'parc', got "
                              f"{self.kind!r}")
+        if self.precision not in ("float32", "mixed_bfloat16"):
+            raise ValueError(f"invalid model config: precision must be 'float32' or "
+                             f"'mixed_bfloat16', got {self.precision!r}")
         if self.channels < 1 or self.n_blocks < 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"invalid model config: need channels >= 1, n_blocks >= 0 and "
                              f"0 <= dropout < 1, got {self}")

@@ -44,12 +44,34 @@ def test_circular_conv_is_a_periodic_cross_correlation(kernel_size):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_mixed_bfloat16_conv_convolves_bfloat16_operands_into_a_float32_output():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 6, 8, 16)).astype(np.float32)
+    conv = layers.CircularConv2D(8, 3, precision="mixed_bfloat16")
+    conv.build(x.shape)
+    conv.bias.assign(rng.normal(size=8))
+    out = conv(x)
+    assert out.dtype == tf.float32 and conv.kernel.dtype == "float32"
+
+    def rounded(a):
+        return tf.cast(tf.cast(a, tf.bfloat16), tf.float64).numpy()
+
+    expected = periodic_correlation(rounded(x), rounded(conv.kernel), rounded(conv.bias))
+    # The float32 sums are rounded to bfloat16 (relative error <= 2^-9) before and after
+    # the bias is added.
+    np.testing.assert_allclose(out, expected, atol=2**-8 * np.abs(expected).max())
+    assert np.abs(out - periodic_correlation(x, conv.kernel.numpy(), conv.bias.numpy())).max() \
+        > 1e-4  # the operands were rounded: the convolution did run in bfloat16
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
 @pytest.mark.parametrize("pad", [1, 2])
-def test_circular_pad_and_its_gradient_match_a_periodic_gather(pad):
-    """The hand-written gradient must be the exact adjoint of the wrap."""
+def test_circular_pad_and_its_gradient_match_a_periodic_gather(pad, dtype):
+    """The hand-written gradient must be the exact adjoint of the wrap, in either dtype of
+    the convolutions; small integers make every sum exact."""
     rng = np.random.default_rng(3)
-    x = tf.constant(rng.normal(size=(2, 5, 6, 3)), tf.float32)
-    weights = tf.constant(rng.normal(size=(2, 5 + 2 * pad, 6 + 2 * pad, 3)), tf.float32)
+    x = tf.constant(rng.integers(-8, 8, size=(2, 5, 6, 3)), dtype)
+    weights = tf.constant(rng.integers(-8, 8, size=(2, 5 + 2 * pad, 6 + 2 * pad, 3)), dtype)
 
     def gathered(x):
         rows, cols = (np.arange(-pad, n + pad) % n for n in (5, 6))
@@ -65,7 +87,8 @@ def test_circular_pad_and_its_gradient_match_a_periodic_gather(pad):
     np.testing.assert_array_equal(results[0][0], np.pad(x.numpy(), [(0, 0), (pad, pad),
                                                                     (pad, pad), (0, 0)], "wrap"))
     np.testing.assert_array_equal(results[0][0], results[1][0])
-    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
+    assert results[0][1].dtype == dtype
+    np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
 def test_channel_layer_norm_and_its_gradient_match_keras_layer_norm():
@@ -88,9 +111,11 @@ def test_channel_layer_norm_and_its_gradient_match_keras_layer_norm():
         np.testing.assert_allclose(ours_value, theirs_value, atol=5e-6)
 
 
-def test_circular_conv_rejects_even_kernels():
+def test_circular_conv_rejects_even_kernels_and_unknown_precisions():
     with pytest.raises(ValueError, match="odd"):
         layers.CircularConv2D(4, 2)
+    with pytest.raises(ValueError, match="valid precisions: float32, mixed_bfloat16"):
+        layers.PreActResNet(8, 1, precision="float16")
 
 
 def test_xavier_uniform_with_tanh_gain_and_zero_biases():
@@ -151,6 +176,14 @@ def test_network_parameter_counts(channels, n_blocks, count):
     net = layers.PreActResNet(channels, n_blocks)
     net.build((None, None, None, 4))
     assert sum(int(np.prod(w.shape)) for w in net.trainable_weights) == count
+
+
+def test_network_precision_reaches_every_convolution_and_its_config():
+    net = layers.PreActResNet(8, 2, precision="mixed_bfloat16")
+    copy = layers.PreActResNet.from_config(net.get_config())
+    convs = [layer for layer in copy._flatten_layers() if isinstance(layer, layers.CircularConv2D)]
+    assert len(convs) == 2 + 2 * 2
+    assert {conv.precision for conv in convs} == {"mixed_bfloat16"}
 
 
 def test_zero_initialised_output_gives_the_zero_map_on_any_size():

@@ -1,15 +1,22 @@
-"""The two models: codec, presets, symmetry, initial identity, dropout, saving and rollouts."""
+"""The two models: codec, presets, symmetry, initial identity, dropout, saving, rollouts and
+mixed precision."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import models, physics
+from tf_holstein import layers, models, physics
+from tf_holstein.configs import ModelConfig
 
 # The shallow-quench scales at L = 16 (SPEC section 3); drho etc. as the reference's kwargs.
 SCALES = {"rho": 0.7065, "Q": 0.5187, "P": 0.1406, "drho": 0.03766, "dQ": 0.04215,
           "dP": 0.03482, "delta_rho": 0.02141, "delta_Q": 0.02691, "delta_P": 0.02181}
 TOL = 2e-6  # float32 round-off on outputs of order 0.1-1
+# mixed_bfloat16 against float32, relative to the largest increment of a step: each of a
+# small network's 4 convolutions rounds its input, kernel and output to bfloat16 (<= 2^-9
+# each), at most 12 * 2^-9 = 2.3% per network if all added up (measured: 1.3% for the CNN,
+# 2.4% for PARC's two networks in a row).
+BF16_RTOL_PER_NETWORK = 12 * 2**-9
 
 
 def random_state(batch: int, L: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -84,6 +91,32 @@ def test_scales_are_validated():
         models.build_model("cnn", "huge", SCALES)
 
 
+def test_precision_is_validated():
+    with pytest.raises(ValueError, match="unknown precision 'float16'; valid precisions: "
+                                         "float32, mixed_bfloat16"):
+        models.build_model("parc", "tiny", SCALES, precision="float16")
+    for precision in layers.PRECISIONS:
+        assert ModelConfig(precision=precision).validate().precision == precision
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'mixed_bfloat16'"):
+        ModelConfig(precision="bfloat16").validate()
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_mixed_bfloat16_step_is_a_float32_step_to_bfloat16_accuracy(kind):
+    reference = small_model(kind)
+    mixed = small_model(kind, precision="mixed_bfloat16")
+    for ours, theirs in zip(mixed.weights, reference.weights):
+        ours.assign(theirs)
+    state = random_state(2, 16)
+    expected = reference.step(state)
+    stepped = mixed.step(state)
+    for key in models.STATE_KEYS:
+        assert stepped[key].dtype == tf.as_dtype(state[key].dtype), key
+        increment = np.abs(expected[key].numpy() - state[key]).max()
+        error = np.abs(stepped[key].numpy() - expected[key].numpy()).max()
+        assert 0 < error < BF16_RTOL_PER_NETWORK * (1 + mixed.has_derivatives) * increment, key
+
+
 def test_scales_enter_as_input_and_output_factors():
     model = models.HolsteinPARC(SCALES, channels=8, n_blocks=1)
     np.testing.assert_allclose(model.differentiator.in_scale.numpy(),
@@ -96,12 +129,14 @@ def test_scales_enter_as_input_and_output_factors():
                                [0.02141, 0.02141, 0.02691, 0.02181], rtol=1e-7)
 
 
-def test_untrained_models_start_as_the_identity_step():
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_untrained_models_start_as_the_identity_step(precision):
+    """Also in mixed_bfloat16: the state and its update stay float32."""
     state = random_state(3, 8)
-    cnn = models.build_model("cnn", "tiny", SCALES)
+    cnn = models.build_model("cnn", "tiny", SCALES, precision=precision)
     np.testing.assert_array_equal(cnn.step(state)["rho"].numpy(), state["rho"])
     assert_states_close(cnn.step(state), state, atol=0)
-    parc = models.build_model("parc", "tiny", SCALES)
+    parc = models.build_model("parc", "tiny", SCALES, precision=precision)
     next_state, derivatives = parc.step(state, return_derivatives=True)
     assert_states_close(next_state, state, atol=0)
     # The differentiator does not start at zero: PARC learns du/dt from the first step.
@@ -154,16 +189,17 @@ def test_dropout_acts_only_in_training(kind):
     assert np.abs(first["Q"].numpy() - second["Q"].numpy()).max() > 1e-4
 
 
-@pytest.mark.parametrize("kind", ["cnn", "parc"])
-def test_keras_file_round_trip_gives_identical_outputs(kind, tmp_path):
-    model = small_model(kind, n_blocks=2, dropout=0.1)
+@pytest.mark.parametrize("kind, precision",
+                         [("cnn", "float32"), ("parc", "float32"), ("parc", "mixed_bfloat16")])
+def test_keras_file_round_trip_gives_identical_outputs(kind, precision, tmp_path):
+    model = small_model(kind, n_blocks=2, dropout=0.1, precision=precision)
     state = random_state(2, 8)
     path = tmp_path / f"{kind}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model)
     assert loaded.get_config() == model.get_config()
-    assert loaded.scales == model.scales
+    assert loaded.scales == model.scales and loaded.precision == precision
     for ours, theirs in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
     assert_states_close(loaded.step(state), model.step(state), atol=0)
@@ -238,6 +274,31 @@ def test_training_rollout_is_differentiable(mode):
     for weight, grad in zip(model.trainable_weights, grads):
         assert grad is not None, weight.path
         assert np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).max() > 0, weight.path
+
+
+def test_mixed_bfloat16_training_steps_reduce_the_loss():
+    """AdamW on a fixed batch, XLA-compiled as GPU training runs: float32 gradients reach
+    every weight through the bfloat16 convolutions."""
+    model = small_model("parc", dropout=0.0, precision="mixed_bfloat16")
+    state = {key: tf.constant(value) for key, value in random_state(4, 8).items()}
+    target = {key: tf.constant(value) for key, value in random_state(4, 8, seed=1).items()}
+    optimizer = keras.optimizers.AdamW(learning_rate=3e-3)
+
+    @tf.function(jit_compile=True)
+    def train_step():
+        with tf.GradientTape() as tape:
+            stepped = model.step(state, training=True)
+            loss = sum(tf.reduce_mean(tf.abs(stepped[key] - target[key]) ** 2)
+                       for key in models.STATE_KEYS)
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply(grads, model.trainable_weights)
+        return loss, grads
+
+    loss, grads = train_step()
+    for weight, grad in zip(model.trainable_weights, grads):
+        assert grad.dtype == tf.float32 and np.abs(grad.numpy()).max() > 0, weight.path
+    losses = [loss.numpy()] + [train_step()[0].numpy() for _ in range(5)]
+    assert losses[-1] < 0.9 * losses[0], losses
 
 
 def test_the_same_model_runs_on_any_even_length():

@@ -12,6 +12,10 @@ on diagonals; its inputs are divided by max-abs scales of the training data and
 its outputs multiplied by them (paper Appendix A). The architecture and every
 constant follow the reference PyTorch implementation, so that its checkpoints
 load (`tf_holstein.convert`) and reproduce its outputs.
+
+With `precision="mixed_bfloat16"` the networks' convolutions compute in bfloat16
+(`tf_holstein.layers`); the weights, the state and its update, the scalings and
+the layer norms stay float32, and the state interface keeps its dtypes.
 """
 from __future__ import annotations
 
@@ -106,12 +110,14 @@ class _ScaledNetwork(keras.layers.Layer):
     """
 
     def __init__(self, in_scale: tuple[float, ...], out_scale: tuple[float, ...],
-                 architecture: Architecture, zero_init_output: bool, **kwargs: Any) -> None:
+                 architecture: Architecture, zero_init_output: bool, precision: str,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.network = PreActResNet(architecture.channels, architecture.n_blocks, out_channels=4,
                                     kernel_size=architecture.kernel_size,
                                     dropout=architecture.dropout,
-                                    zero_init_output=zero_init_output, name="network")
+                                    zero_init_output=zero_init_output, precision=precision,
+                                    name="network")
         self._initial_scales = (in_scale, out_scale)
         self.build((None, None, None, 4))
 
@@ -132,15 +138,6 @@ def _channel_scales(scales: Mapping[str, float], prefix: str) -> tuple[float, fl
     return tuple(scales[prefix + key] for key in ("rho", "rho", "Q", "P"))
 
 
-def _network(scales: Mapping[str, float], inputs: str, outputs: str, architecture: Architecture,
-             zero_init_output: bool, name: str) -> _ScaledNetwork:
-    """A network from the `inputs` quantities to the `outputs` ones ('', 'd' or 'delta_')."""
-    # 1 / s in double precision, then rounded once to float32, as the reference does.
-    in_scale = tuple(1.0 / s for s in _channel_scales(scales, inputs))
-    return _ScaledNetwork(in_scale, _channel_scales(scales, outputs), architecture,
-                          zero_init_output, name=name)
-
-
 class _FunctionCache:
     """Compiled functions by options, in a plain object: tracking must not save them."""
 
@@ -159,12 +156,21 @@ class HolsteinModel(keras.Model):
 
     def __init__(self, scales: Mapping[str, float], channels: int, n_blocks: int,
                  dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
-                 **kwargs: Any) -> None:
+                 precision: str = "float32", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scales = validate_scales(scales)
         self.architecture = Architecture(channels, n_blocks, dropout, kernel_size)
         self.zero_init_output = zero_init_output
+        self.precision = precision
         self._compiled_rollouts = _FunctionCache()
+
+    def _network(self, inputs: str, outputs: str, zero_init_output: bool,
+                 name: str) -> _ScaledNetwork:
+        """A network from the `inputs` quantities to the `outputs` ones ('', 'd' or 'delta_')."""
+        # 1 / s in double precision, then rounded once to float32, as the reference does.
+        in_scale = tuple(1.0 / s for s in _channel_scales(self.scales, inputs))
+        return _ScaledNetwork(in_scale, _channel_scales(self.scales, outputs), self.architecture,
+                              zero_init_output, self.precision, name=name)
 
     def _advance(self, image: tf.Tensor, training: bool
                  ) -> tuple[tf.Tensor, tf.Tensor | None]:
@@ -260,7 +266,8 @@ class HolsteinModel(keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "scales": dict(self.scales),
-                **dataclasses.asdict(self.architecture), "zero_init_output": self.zero_init_output}
+                **dataclasses.asdict(self.architecture), "zero_init_output": self.zero_init_output,
+                "precision": self.precision}
 
 
 def _batch_major(array: tf.TensorArray) -> tf.Tensor:
@@ -280,11 +287,10 @@ class HolsteinCNN(HolsteinModel):
 
     def __init__(self, scales: Mapping[str, float], channels: int = 16, n_blocks: int = 1,
                  dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
-                 **kwargs: Any) -> None:
+                 precision: str = "float32", **kwargs: Any) -> None:
         super().__init__(scales, channels, n_blocks, dropout, kernel_size, zero_init_output,
-                         **kwargs)
-        self.cnn = _network(self.scales, "", "delta_", self.architecture, zero_init_output,
-                            name="cnn")
+                         precision, **kwargs)
+        self.cnn = self._network("", "delta_", zero_init_output, name="cnn")
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, None]:
@@ -305,13 +311,11 @@ class HolsteinPARC(HolsteinModel):
 
     def __init__(self, scales: Mapping[str, float], channels: int = 128, n_blocks: int = 4,
                  dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
-                 **kwargs: Any) -> None:
+                 precision: str = "float32", **kwargs: Any) -> None:
         super().__init__(scales, channels, n_blocks, dropout, kernel_size, zero_init_output,
-                         **kwargs)
-        self.differentiator = _network(self.scales, "", "d", self.architecture, False,
-                                       name="differentiator")
-        self.integrator = _network(self.scales, "d", "delta_", self.architecture,
-                                   zero_init_output, name="integrator")
+                         precision, **kwargs)
+        self.differentiator = self._network("", "d", False, name="differentiator")
+        self.integrator = self._network("d", "delta_", zero_init_output, name="integrator")
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
@@ -329,7 +333,7 @@ MODELS: dict[str, type[HolsteinModel]] = {"cnn": HolsteinCNN, "parc": HolsteinPA
 def build_model(kind: str, preset: str, scales: Mapping[str, float],
                 **overrides: Any) -> HolsteinModel:
     """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
-    `Architecture` (or `zero_init_output`) overridable by keyword."""
+    `Architecture` (or `zero_init_output`, `precision`) overridable by keyword."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
     if preset not in PRESETS:
