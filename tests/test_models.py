@@ -192,7 +192,8 @@ def test_dropout_acts_only_in_training(kind):
 @pytest.mark.parametrize("kind, precision",
                          [("cnn", "float32"), ("parc", "float32"), ("parc", "mixed_bfloat16")])
 def test_keras_file_round_trip_gives_identical_outputs(kind, precision, tmp_path):
-    model = small_model(kind, n_blocks=2, dropout=0.1, precision=precision)
+    model = small_model(kind, n_blocks=2, dropout=0.1, precision=precision,
+                        conserve=kind == "parc")
     state = random_state(2, 8)
     path = tmp_path / f"{kind}.keras"
     model.save(path)
@@ -307,3 +308,37 @@ def test_the_same_model_runs_on_any_even_length():
         state = random_state(1, L)
         rolled = model.rollout(state, 2)
         assert rolled["rho"].shape == (1, 2, L, L) and rolled["P"].shape == (1, 2, L)
+
+
+def test_conserving_projection_is_the_orthogonal_projection_onto_the_invariants():
+    rng = np.random.default_rng(0)
+    increment = tf.constant(rng.normal(size=(3, 6, 6, 4)), tf.float32)
+    projected = models.conserving(increment).numpy()
+    rho = projected[..., 0] + 1j * projected[..., 1]
+    np.testing.assert_allclose(rho, np.conj(np.swapaxes(rho, 1, 2)), atol=1e-7)
+    np.testing.assert_allclose(np.trace(rho.real, axis1=1, axis2=2), 0, atol=1e-6)
+    np.testing.assert_array_equal(projected[..., 2:], increment.numpy()[..., 2:])
+    np.testing.assert_allclose(models.conserving(projected).numpy(), projected, atol=1e-7)
+    # The residual is orthogonal to every admissible increment, e.g. the projection itself.
+    residual = increment.numpy() - projected
+    np.testing.assert_allclose(np.sum(residual * projected, axis=(1, 2, 3)), 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_conserving_models_keep_the_trace_and_hermiticity_over_a_rollout(kind):
+    state = random_state(2, 8)
+    initial_trace = np.trace(state["rho"], axis1=-2, axis2=-1).real[:, None]
+
+    def drifts(model):
+        rho = model.rollout(state, 30)["rho"].numpy()
+        trace = np.trace(rho, axis1=-2, axis2=-1).real
+        hermiticity = np.abs(rho - np.conj(np.swapaxes(rho, -1, -2))).max()
+        return np.abs(trace - initial_trace).max(), hermiticity
+
+    free = small_model(kind)
+    conserving = small_model(kind, conserve=True)
+    conserving.set_weights(free.get_weights())
+    trace_free, hermiticity_free = drifts(free)
+    trace_conserving, hermiticity_conserving = drifts(conserving)
+    assert trace_free > 1e-2 and hermiticity_free > 1e-2
+    assert trace_conserving < 1e-4 and hermiticity_conserving < 1e-5

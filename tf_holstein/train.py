@@ -79,7 +79,8 @@ class Trainer:
             self.model = models.MODELS[config.model.kind](
                 self.meta["scales"], channels=config.model.channels,
                 n_blocks=config.model.n_blocks, dropout=config.model.dropout,
-                precision=config.model.precision)
+                precision=config.model.precision,
+                conserve=config.model.conserve)
             self.schedule = StagedWarmupCosine(
                 train.lr, [s.epochs * s.batches_per_epoch for s in train.stages],
                 train.warmup_steps, train.eta_min)
