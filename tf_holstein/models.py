@@ -106,6 +106,30 @@ def conserving(increment: tf.Tensor) -> tf.Tensor:
     return tf.concat([real[..., None], imag[..., None], increment[..., 2:]], axis=-1)
 
 
+def with_spectrum_of(image: tf.Tensor, next_image: tf.Tensor) -> tf.Tensor:
+    """`next_image` with rho replaced by the nearest matrix (Frobenius norm) whose spectrum is
+    that of `image`'s rho: same eigenvectors, the old eigenvalues in the same order.
+
+    The von Neumann equation is unitary, rho(t) = U rho(0) U^+, so rho's eigenvalues never
+    change; projecting onto them after each step (a projection method of geometric
+    integration) keeps a long rollout on that manifold, where small errors otherwise make
+    the eigenvalues spread and the state blow up. The projection's gradient is taken as the
+    identity (straight through): eigh's is singular at the degenerate eigenvalues rho has.
+    """
+    def rho(x: tf.Tensor) -> tf.Tensor:
+        matrix = tf.complex(x[..., 0], x[..., 1])
+        return 0.5 * (matrix + tf.linalg.adjoint(matrix))
+
+    spectrum = tf.linalg.eigvalsh(rho(image))
+    _, vectors = tf.linalg.eigh(rho(next_image))
+    spectrum = tf.math.real(spectrum)  # complex from TensorFlow's kernel, real from XLA's
+    eigenvalues = tf.complex(spectrum, tf.zeros_like(spectrum))[..., None, :]
+    projected = tf.matmul(vectors * eigenvalues, vectors, adjoint_b=True)
+    correction = tf.stack([tf.math.real(projected), tf.math.imag(projected)], axis=-1) \
+        - next_image[..., :2]
+    return next_image + tf.pad(tf.stop_gradient(correction), [[0, 0], [0, 0], [0, 0], [0, 2]])
+
+
 def validate_scales(scales: Mapping[str, float]) -> dict[str, float]:
     """The nine scaling constants as plain floats; ValueError naming missing or bad ones."""
     missing = [key for key in SCALE_KEYS if key not in scales]
@@ -196,6 +220,12 @@ class HolsteinModel(keras.Model):
         entries and, with `conserve`, projected onto the dynamics' invariants."""
         increment = _state_mask(image) * increment
         return conserving(increment) if self.conserve else increment
+
+    def _next(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
+        """The next image from the integrator's (or CNN's) increment; with `conserve`, rho
+        keeps its spectrum."""
+        next_image = image + self._admissible(image, increment)
+        return with_spectrum_of(image, next_image) if self.conserve else next_image
 
     def _advance(self, image: tf.Tensor, training: bool
                  ) -> tuple[tf.Tensor, tf.Tensor | None]:
@@ -319,7 +349,7 @@ class HolsteinCNN(HolsteinModel):
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, None]:
-        return image + self._admissible(image, self.cnn(image, training=training)), None
+        return self._next(image, self.cnn(image, training=training)), None
 
 
 @keras.saving.register_keras_serializable(package="tf_holstein")
@@ -347,7 +377,7 @@ class HolsteinPARC(HolsteinModel):
         # off-diagonal entries of the Q and P channels: the mask does the same.
         derivative = self._admissible(image, self.differentiator(image, training=training))
         delta = self.integrator(derivative, training=training)
-        return image + self._admissible(image, delta), derivative
+        return self._next(image, delta), derivative
 
 
 MODELS: dict[str, type[HolsteinModel]] = {"cnn": HolsteinCNN, "parc": HolsteinPARC}
