@@ -112,8 +112,6 @@ class CircularConv2D(keras.layers.Layer):
         dtype = self._convolution_dtype  # the casts are no-ops in float32
         x = circular_pad(tf.cast(x, dtype), self.kernel_size // 2)
         kernel, bias = tf.cast(self.kernel, dtype), tf.cast(self.bias, dtype)
-        # BiasAdd rather than an add: grappler fuses it into the convolution on CPU, and its
-        # gradient is one reduction.
         return tf.cast(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias),
                        self.compute_dtype)
 
