@@ -106,9 +106,16 @@ def conserving(increment: tf.Tensor) -> tf.Tensor:
     return tf.concat([real[..., None], imag[..., None], increment[..., 2:]], axis=-1)
 
 
-def with_spectrum_of(image: tf.Tensor, next_image: tf.Tensor) -> tf.Tensor:
-    """`next_image` with rho replaced by the nearest matrix (Frobenius norm) whose spectrum is
-    that of `image`'s rho: same eigenvectors, the old eigenvalues in the same order.
+def spectrum(image: tf.Tensor) -> tf.Tensor:
+    """The eigenvalues of the image's rho (its Hermitian part), ascending: [batch, L]."""
+    matrix = tf.complex(image[..., 0], image[..., 1])
+    # Complex from TensorFlow's kernel, real from XLA's.
+    return tf.math.real(tf.linalg.eigvalsh(0.5 * (matrix + tf.linalg.adjoint(matrix))))
+
+
+def with_spectrum(image: tf.Tensor, eigenvalues: tf.Tensor) -> tf.Tensor:
+    """`image` with rho replaced by the nearest matrix (Frobenius norm) with the given
+    ascending `eigenvalues`: rho's own eigenvectors, the eigenvalues matched in order.
 
     The von Neumann equation is unitary, rho(t) = U rho(0) U^+, so rho's eigenvalues never
     change; projecting onto them after each step (a projection method of geometric
@@ -116,18 +123,13 @@ def with_spectrum_of(image: tf.Tensor, next_image: tf.Tensor) -> tf.Tensor:
     the eigenvalues spread and the state blow up. The projection's gradient is taken as the
     identity (straight through): eigh's is singular at the degenerate eigenvalues rho has.
     """
-    def rho(x: tf.Tensor) -> tf.Tensor:
-        matrix = tf.complex(x[..., 0], x[..., 1])
-        return 0.5 * (matrix + tf.linalg.adjoint(matrix))
-
-    spectrum = tf.linalg.eigvalsh(rho(image))
-    _, vectors = tf.linalg.eigh(rho(next_image))
-    spectrum = tf.math.real(spectrum)  # complex from TensorFlow's kernel, real from XLA's
-    eigenvalues = tf.complex(spectrum, tf.zeros_like(spectrum))[..., None, :]
-    projected = tf.matmul(vectors * eigenvalues, vectors, adjoint_b=True)
+    matrix = tf.complex(image[..., 0], image[..., 1])
+    _, vectors = tf.linalg.eigh(0.5 * (matrix + tf.linalg.adjoint(matrix)))
+    weights = tf.complex(eigenvalues, tf.zeros_like(eigenvalues))[..., None, :]
+    projected = tf.matmul(vectors * weights, vectors, adjoint_b=True)
     correction = tf.stack([tf.math.real(projected), tf.math.imag(projected)], axis=-1) \
-        - next_image[..., :2]
-    return next_image + tf.pad(tf.stop_gradient(correction), [[0, 0], [0, 0], [0, 0], [0, 2]])
+        - image[..., :2]
+    return image + tf.pad(tf.stop_gradient(correction), [[0, 0], [0, 0], [0, 0], [0, 2]])
 
 
 def validate_scales(scales: Mapping[str, float]) -> dict[str, float]:
@@ -222,10 +224,21 @@ class HolsteinModel(keras.Model):
         return conserving(increment) if self.conserve else increment
 
     def _next(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
-        """The next image from the integrator's (or CNN's) increment; with `conserve`, rho
-        keeps its spectrum."""
-        next_image = image + self._admissible(image, increment)
-        return with_spectrum_of(image, next_image) if self.conserve else next_image
+        """The next image from the integrator's (or CNN's) increment."""
+        return image + self._admissible(image, increment)
+
+    def _invariants(self, image: tf.Tensor) -> tf.Tensor | None:
+        """What `conserve` keeps fixed along a rollout: rho's spectrum at its start."""
+        return spectrum(image) if self.conserve else None
+
+    def _evolve(self, image: tf.Tensor, training: bool, invariants: tf.Tensor | None
+                ) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """`_advance`, then with `conserve` rho projected back onto the rollout's initial
+        spectrum (not the previous step's, so round-off in eigh cannot random-walk it)."""
+        next_image, derivative = self._advance(image, training)
+        if invariants is not None:
+            next_image = with_spectrum(next_image, invariants)
+        return next_image, derivative
 
     def _advance(self, image: tf.Tensor, training: bool
                  ) -> tuple[tf.Tensor, tf.Tensor | None]:
@@ -241,7 +254,8 @@ class HolsteinModel(keras.Model):
         """One prediction step: the next state, and with `return_derivatives` (PARC only)
         also the differentiator's du/dt `{'rho', 'Q', 'P'}` in physical units (per unit time)."""
         self._check_derivatives(return_derivatives)
-        next_image, derivative = self._advance(encode(state), training)
+        image = encode(state)
+        next_image, derivative = self._evolve(image, training, self._invariants(image))
         if return_derivatives:
             return decode(next_image), decode(derivative)
         return decode(next_image)
@@ -297,12 +311,13 @@ class HolsteinModel(keras.Model):
             return (next_state, decode(derivative)) if return_derivatives else next_state
 
         def body(i: tf.Tensor, image: tf.Tensor, arrays: Any) -> tuple[tf.Tensor, tf.Tensor, Any]:
-            next_image, derivative = self._advance(image, training)
+            next_image, derivative = self._evolve(image, training, invariants)
             arrays = tf.nest.map_structure(lambda array, value: array.write(i, value),
                                            arrays, record(next_image, derivative))
             return i + 1, next_image, arrays
 
         image = encode(state)
+        invariants = self._invariants(image)
         dtypes = {"rho": tf.complex64, "Q": tf.float32, "P": tf.float32}
         if order_parameters_only:
             dtypes = {"Delta_rho": tf.float32, "Delta_Q": tf.float32}
