@@ -78,7 +78,8 @@ class ModelConfig:
     # "mixed_bfloat16": convolutions in bfloat16, the rest float32; pays off for wide networks
     # on GPUs and on CPUs with AVX512-BF16 or AMX (benchmarks/models.py --precisions).
     precision: str = "float32"
-    # Project every predicted increment onto Hermitian, trace-free rho (models.conserving).
+    # Keep the exact dynamics' invariants of rho: Hermitian, trace-free increments
+    # (models.conserving) and the initial spectrum along a rollout (models.with_spectrum).
     conserve: bool = False
 
     def validate(self) -> "ModelConfig":

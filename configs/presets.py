@@ -31,8 +31,8 @@ DEEP_PAPER = TrainConfig(
 
 # The deep quench sized for 90 minutes on the 2-core CPU (issue 7).
 DEEP_L16 = replace(DEEP, L=16, n_train=128, n_val=8, n_test=64, shard_size=8)
-# Projected increments (exact Tr rho and Hermiticity): without them the trace drifts by
-# ~1e-2 per step and a 1000-step rollout leaves half filling. Selected by the climate.
+# Conserving (Hermitian, trace-free increments, rho's spectrum kept): without it the trace
+# drifts by ~1e-2 per step and a 1000-step rollout leaves half filling. Selected by the climate.
 DEEP_L16_PARC = ModelConfig(kind="parc", channels=16, n_blocks=1, dropout=0.0, conserve=True)
 DEEP_L16_TRAIN = replace(DEEP_PAPER, lr=1e-3, batch_size=64, warmup_steps=200,
                          select_by="autocorrelation",

@@ -106,11 +106,16 @@ def conserving(increment: tf.Tensor) -> tf.Tensor:
     return tf.concat([real[..., None], imag[..., None], increment[..., 2:]], axis=-1)
 
 
+def _hermitian_rho(image: tf.Tensor) -> tf.Tensor:
+    """The Hermitian part of the image's rho, complex [batch, L, L]."""
+    rho = tf.complex(image[..., 0], image[..., 1])
+    return 0.5 * (rho + tf.linalg.adjoint(rho))
+
+
 def spectrum(image: tf.Tensor) -> tf.Tensor:
     """The eigenvalues of the image's rho (its Hermitian part), ascending: [batch, L]."""
-    matrix = tf.complex(image[..., 0], image[..., 1])
     # Complex from TensorFlow's kernel, real from XLA's.
-    return tf.math.real(tf.linalg.eigvalsh(0.5 * (matrix + tf.linalg.adjoint(matrix))))
+    return tf.math.real(tf.linalg.eigvalsh(_hermitian_rho(image)))
 
 
 def with_spectrum(image: tf.Tensor, eigenvalues: tf.Tensor) -> tf.Tensor:
@@ -123,8 +128,7 @@ def with_spectrum(image: tf.Tensor, eigenvalues: tf.Tensor) -> tf.Tensor:
     the eigenvalues spread and the state blow up. The projection's gradient is taken as the
     identity (straight through): eigh's is singular at the degenerate eigenvalues rho has.
     """
-    matrix = tf.complex(image[..., 0], image[..., 1])
-    _, vectors = tf.linalg.eigh(0.5 * (matrix + tf.linalg.adjoint(matrix)))
+    _, vectors = tf.linalg.eigh(_hermitian_rho(image))
     weights = tf.complex(eigenvalues, tf.zeros_like(eigenvalues))[..., None, :]
     projected = tf.matmul(vectors * weights, vectors, adjoint_b=True)
     correction = tf.stack([tf.math.real(projected), tf.math.imag(projected)], axis=-1) \

@@ -240,7 +240,7 @@ class Trainer:
         traces = {"true_Delta_rho": true_rho, "true_Delta_Q": true_q,
                   "pred_Delta_rho": predicted["Delta_rho"].numpy(),
                   "pred_Delta_Q": predicted["Delta_Q"].numpy()}
-        metrics, climate = {}, 0.0
+        metrics, climate, lag = {}, 0.0, min(evaluate.MAX_LAG, steps - 1)
         for name in ("Delta_rho", "Delta_Q"):
             truth, pred = traces[f"true_{name}"], traces[f"pred_{name}"]
             with np.errstate(invalid="ignore", over="ignore"):
@@ -250,7 +250,6 @@ class Trainer:
             # A diverged rollout (non-finite, or far outside the truth's range) fails the
             # climate test outright instead of dominating the ensemble's statistics.
             if np.all(np.abs(pred) <= DIVERGED_FACTOR * np.abs(truth).max()):
-                lag = min(evaluate.MAX_LAG, steps - 1)
                 climate = max(climate, float(np.max(np.abs(
                     evaluate.autocorrelation(pred, lag) - evaluate.autocorrelation(truth, lag)))))
             else:
