@@ -148,6 +148,11 @@ class TrainConfig:
     # Warm start: another run's best.weights.h5 (or a model.keras) of the same model kind and
     # size, e.g. to continue a finished run with a further curriculum or to move to another L.
     init_from: str = ""
+    # Weight averaging: momentum of an exponential moving average of the weights (0: off).
+    # Validation, the best model and the export then use the averaged weights, which take
+    # the optimizer's step-to-step noise out of long-rollout behaviour such as oscillation
+    # periods.
+    ema: float = 0.0
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -160,6 +165,8 @@ class TrainConfig:
                                 f"and noise >= 0")
         if self.lr <= 0 or self.batch_size < 1 or not 0 <= self.eta_min <= 1:
             problems.append("need lr > 0, batch_size >= 1 and 0 <= eta_min <= 1")
+        if not 0 <= self.ema < 1:
+            problems.append(f"ema is a moving-average momentum in [0, 1), got {self.ema}")
         if self.select_by not in ("rollout", "loss", "autocorrelation"):
             problems.append(f"select_by must be 'rollout', 'loss' or 'autocorrelation', got "
                             f"{self.select_by!r}")

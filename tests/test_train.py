@@ -243,3 +243,38 @@ def test_autocorrelation_selection_metric(smoke_run, data_dir, tmp_path):
     blown_up = {name: x * tf.where(tf.range(x.shape[1]) > 5, 1e3, 1.0) for name, x in order.items()}
     trainer.model.rollout = lambda state, steps, **_: blown_up
     assert trainer.rollout_metrics()[0][key] == math.inf
+
+
+def test_weight_averaging_validates_and_keeps_the_average(data_dir, tmp_path):
+    """With ema set, validation and best.weights.h5 see the moving average of the weights,
+    while training continues from the trained weights."""
+    config = get_config("smoke", ema=0.5, stages="1:1:0.02:4")
+    trainer = train.Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path)
+    trainer.fit(progress=False)
+    variables = trainer.model.trainable_variables
+    trained = [v.numpy() for v in variables]
+    average = [v.numpy() for v in trainer.optimizer._model_variables_moving_average]
+    assert any(not np.allclose(a, b) for a, b in zip(trained, average))
+    with trainer.averaged_weights():
+        for variable, value in zip(variables, average):
+            np.testing.assert_array_equal(variable.numpy(), value)
+    for variable, value in zip(variables, trained):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    best = train.Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path / "b").model
+    best.load_weights(str(tmp_path / "best.weights.h5"))
+    for variable, value in zip(best.trainable_variables, average):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    with pytest.raises(ValueError, match=r"ema is a moving-average momentum in \[0, 1\)"):
+        get_config("smoke", ema=1.0)
+
+
+def test_resume_accepts_a_run_from_before_a_new_config_field(tmp_path):
+    """A config.json without a field added since (at its default) still resumes; a changed
+    setting does not."""
+    train.prepare_workdir(SMOKE, tmp_path, resume=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train"]["ema"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    train.prepare_workdir(SMOKE, tmp_path, resume=True)
+    with pytest.raises(ValueError, match="holds a run of a different config"):
+        train.prepare_workdir(get_config("smoke", ema=0.9), tmp_path, resume=True)

@@ -11,6 +11,7 @@ the test split (metrics and figures in `eval-test/`) and writes `summary.json`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -19,7 +20,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -84,8 +85,9 @@ class Trainer:
             self.schedule = StagedWarmupCosine(
                 train.lr, [s.epochs * s.batches_per_epoch for s in train.stages],
                 train.warmup_steps, train.eta_min)
-            self.optimizer = keras.optimizers.AdamW(learning_rate=self.schedule,
-                                                    weight_decay=train.weight_decay)
+            self.optimizer = keras.optimizers.AdamW(
+                learning_rate=self.schedule, weight_decay=train.weight_decay,
+                use_ema=train.ema > 0, ema_momentum=train.ema or 0.99)
             self.optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
             if train.init_from:
                 models.warm_start(self.model, train.init_from)
@@ -114,6 +116,22 @@ class Trainer:
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         return bool(latest)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """With `ema` set: the model holds the moving average of its weights inside the
+        block and its trained weights again after it; otherwise a no-op."""
+        if not self.optimizer.use_ema:
+            yield
+            return
+        variables = self.model.trainable_variables
+        trained = [v.numpy() for v in variables]
+        self.optimizer.finalize_variable_values(variables)
+        try:
+            yield
+        finally:
+            for variable, value in zip(variables, trained):
+                variable.assign(value)
 
     # -- data ---------------------------------------------------------------------------
     def train_dataset(self, epoch: int, stage: Stage) -> tf.distribute.DistributedDataset:
@@ -308,19 +326,21 @@ class Trainer:
         return final
 
     def validate(self, stage: Stage, writer: tf.summary.SummaryWriter) -> dict[str, float]:
-        """Validation loss and rollout metric; saves the best model so far."""
+        """Validation loss and rollout metric (of the averaged weights with `ema` set); saves
+        the best model so far."""
         step = int(self.optimizer.iterations.numpy())
-        metrics = self.eval_losses(stage.n_step, self.config.train.val_batches)
-        rollout, traces = self.rollout_metrics()
-        metrics.update(rollout)
-        key = SELECTION_KEYS[self.config.train.select_by]
-        if key in metrics and metrics[key] < float(self.best.numpy()):
-            self.best.assign(metrics[key])
-            if self.is_chief:
-                _save_weights_atomically(self.model, self.workdir / "best.weights.h5")
-                records.write_json(self.workdir / "best.json",
-                                   {"step": step, "epoch": int(self.epoch.numpy()) + 1,
-                                    key: metrics[key], **metrics})
+        with self.averaged_weights():
+            metrics = self.eval_losses(stage.n_step, self.config.train.val_batches)
+            rollout, traces = self.rollout_metrics()
+            metrics.update(rollout)
+            key = SELECTION_KEYS[self.config.train.select_by]
+            if key in metrics and metrics[key] < float(self.best.numpy()):
+                self.best.assign(metrics[key])
+                if self.is_chief:
+                    _save_weights_atomically(self.model, self.workdir / "best.weights.h5")
+                    records.write_json(self.workdir / "best.json",
+                                       {"step": step, "epoch": int(self.epoch.numpy()) + 1,
+                                        key: metrics[key], **metrics})
         metrics["best"] = float(self.best.numpy())
         _write_scalars(writer, metrics, step)
         if traces:
@@ -364,13 +384,25 @@ def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
         if not resume:
             raise ValueError(f"{workdir} already holds a run: pass --resume to continue it, or "
                              f"choose another --workdir")
-        previous = json.loads(path.read_text())
+        previous = _with_new_defaults(json.loads(path.read_text()), config)
         if previous != current:
             raise ValueError(f"{workdir} holds a run of a different config; --resume needs the "
                              f"same settings (see {path})")
     else:
         workdir.mkdir(parents=True, exist_ok=True)
         records.write_json(path, current)
+
+
+def _with_new_defaults(saved: dict[str, Any], config: Config) -> dict[str, Any]:
+    """A saved config.json with config fields added to the library since it was written
+    filled in at their defaults, so runs started by an older version still resume."""
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value) and isinstance(saved.get(section.name), dict):
+            defaults = json.loads(json.dumps(dataclasses.asdict(type(value)()), default=str))
+            for field, default in defaults.items():
+                saved[section.name].setdefault(field, default)
+    return saved
 
 
 def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike, *,
