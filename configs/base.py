@@ -136,6 +136,8 @@ class TrainConfig:
     warmup_steps: int = 500
     clip_norm: float = 1.0
     derivative_weight: float = 1.0  # PARC: weight of the derivative loss terms
+    # Weight of loss terms on Delta_rho and Delta_Q (relative RMS errors; 0: none).
+    order_parameter_weight: float = 0.0
     stages: tuple[Stage, ...] = (Stage(20, 1, 0.02, 8192), Stage(40, 8, 0.02, 8192))
     train_seed: int = 0
     val_batches: int = 8  # batches of validation windows for the multi-step loss
@@ -165,6 +167,8 @@ class TrainConfig:
                                 f"and noise >= 0")
         if self.lr <= 0 or self.batch_size < 1 or not 0 <= self.eta_min <= 1:
             problems.append("need lr > 0, batch_size >= 1 and 0 <= eta_min <= 1")
+        if self.order_parameter_weight < 0 or self.derivative_weight < 0:
+            problems.append("loss weights must be >= 0")
         if not 0 <= self.ema < 1:
             problems.append(f"ema is a moving-average momentum in [0, 1), got {self.ema}")
         if self.select_by not in ("rollout", "loss", "autocorrelation"):

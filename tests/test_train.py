@@ -278,3 +278,13 @@ def test_resume_accepts_a_run_from_before_a_new_config_field(tmp_path):
     train.prepare_workdir(SMOKE, tmp_path, resume=True)
     with pytest.raises(ValueError, match="holds a run of a different config"):
         train.prepare_workdir(get_config("smoke", ema=0.9), tmp_path, resume=True)
+
+
+def test_order_parameter_terms_join_the_loss(data_dir, tmp_path):
+    config = get_config("smoke", order_parameter_weight=0.5, stages="1:2:0.0:3")
+    trainer = train.Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path)
+    final = trainer.fit(progress=False)
+    terms = {k: v for k, v in final.items() if k.startswith("loss/") and k != "loss/total"}
+    assert {"loss/Delta_rho", "loss/Delta_Q", "val_loss/Delta_Q"} <= set(final)
+    expected = sum(0.5 * v if "Delta" in k else v for k, v in terms.items())
+    assert final["loss/total"] == pytest.approx(expected, rel=1e-5)

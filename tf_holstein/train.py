@@ -153,18 +153,20 @@ class Trainer:
         """Squared-error sums and counts of every loss term for a (local) batch of windows."""
         out = self.model.rollout(inputs, n_step, training=training,
                                  return_derivatives=self.has_derivatives)
-        if not self.has_derivatives:
-            return losses.squared_error_sums(out, targets)
-        states, derivatives = out
+        states, derivatives = out if self.has_derivatives else (out, None)
         sums = losses.squared_error_sums(states, targets)
-        labels = {key: targets[f"d{key}"] for key in records.STATE_KEYS}
-        sums.update({f"d_{k}": v for k, v in
-                     losses.squared_error_sums(derivatives, labels).items()})
+        if derivatives is not None:
+            labels = {key: targets[f"d{key}"] for key in records.STATE_KEYS}
+            sums.update({f"d_{k}": v for k, v in
+                         losses.squared_error_sums(derivatives, labels).items()})
+        if self.config.train.order_parameter_weight:
+            sums.update(losses.order_parameter_error_sums(states, targets))
         return sums
 
     def _weights(self, names: Sequence[str]) -> list[float]:
-        return [self.config.train.derivative_weight if n.startswith("d_") else 1.0
-                for n in names]
+        train = self.config.train
+        return [train.derivative_weight if n.startswith("d_") else
+                train.order_parameter_weight if n.startswith("Delta_") else 1.0 for n in names]
 
     def _replica_step(self, inputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor],
                       n_step: int) -> dict[str, tf.Tensor]:
@@ -185,7 +187,7 @@ class Trainer:
             local = tf.stack([sums[n][0] for n in names])
             counts = context.all_reduce("sum", tf.stack([sums[n][1] for n in names]))
             total = context.all_reduce("sum", tf.stop_gradient(local))
-            rms = tf.sqrt(total / counts)
+            rms = tf.sqrt(total / tf.maximum(counts, 1e-30))
             weights = tf.constant(self._weights(names))
             surrogate = tf.reduce_sum(weights * local / (2.0 * tf.maximum(rms, 1e-12) * counts))
         grads = context.all_reduce("sum", tape.gradient(surrogate, variables))
@@ -237,7 +239,7 @@ class Trainer:
             for name, (total, count) in self._evals[n_step](inputs, targets).items():
                 totals[name] = totals.get(name, 0.0) + np.array([float(total), float(count)])
         names = sorted(totals)
-        rms = {n: float(np.sqrt(totals[n][0] / totals[n][1])) for n in names}
+        rms = {n: float(np.sqrt(totals[n][0] / max(totals[n][1], 1e-30))) for n in names}
         out = {f"val_loss/{n}": v for n, v in rms.items()}
         out["val_loss/total"] = float(sum(w * rms[n] for n, w in zip(names,
                                                                        self._weights(names))))
