@@ -81,6 +81,9 @@ class ModelConfig:
     # Keep the exact dynamics' invariants of rho: Hermitian, trace-free increments
     # (models.conserving) and the initial spectrum along a rollout (models.with_spectrum).
     conserve: bool = False
+    # Average each step over the particle-hole orbit (models.particle_hole), a symmetry of
+    # the exact step at half filling: twice the compute per step, no extra weights.
+    particle_hole: bool = False
 
     def validate(self) -> "ModelConfig":
         if self.kind not in ("cnn", "parc"):

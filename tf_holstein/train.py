@@ -81,7 +81,7 @@ class Trainer:
                 self.meta["scales"], channels=config.model.channels,
                 n_blocks=config.model.n_blocks, dropout=config.model.dropout,
                 precision=config.model.precision,
-                conserve=config.model.conserve)
+                conserve=config.model.conserve, particle_hole=config.model.particle_hole)
             self.schedule = StagedWarmupCosine(
                 train.lr, [s.epochs * s.batches_per_epoch for s in train.stages],
                 train.warmup_steps, train.eta_min)
