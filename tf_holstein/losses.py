@@ -60,10 +60,16 @@ def order_parameter_error_sums(pred: Mapping[str, tf.Tensor], target: Mapping[st
     return out
 
 
+def root_mean(total: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """sqrt(total / count): an RMS from a `*_error_sums` pair; 0 where both are 0 (a relative
+    term over windows whose truth is exactly zero)."""
+    return tf.sqrt(total / tf.maximum(count, 1e-30))
+
+
 def component_losses(pred: Mapping[str, tf.Tensor], target: Mapping[str, tf.Tensor]
                      ) -> dict[str, tf.Tensor]:
     """RMS errors of rho's diagonal, rho's off-diagonal, Q and P over batch, steps and sites."""
-    return {key: tf.sqrt(total / count)
+    return {key: root_mean(total, count)
             for key, (total, count) in squared_error_sums(pred, target).items()}
 
 

@@ -115,7 +115,7 @@ def particle_hole(image: tf.Tensor, increment: bool = False) -> tf.Tensor:
     the exact step commutes with it; it flips the staggered order parameters' sign.
     """
     L = tf.shape(image)[-2]
-    sign = 1.0 - 2.0 * tf.cast(tf.range(L) % 2, image.dtype)
+    sign = physics.stagger(L, image.dtype)
     signs = sign[:, None] * sign[None, :]
     transposed = tf.transpose(image, [0, 2, 1, 3])
     real = -signs * transposed[..., 0]
@@ -260,10 +260,8 @@ class HolsteinModel(keras.Model):
                 ) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`_advance`, then with `conserve` rho projected back onto the rollout's initial
         spectrum (not the previous step's, so round-off in eigh cannot random-walk it)."""
-        if self.particle_hole:
-            next_image, derivative = self._symmetric_advance(image, training)
-        else:
-            next_image, derivative = self._advance(image, training)
+        advance = self._symmetric_advance if self.particle_hole else self._advance
+        next_image, derivative = advance(image, training)
         if invariants is not None:
             next_image = with_spectrum(next_image, invariants)
         return next_image, derivative
@@ -274,14 +272,14 @@ class HolsteinModel(keras.Model):
         with PH exactly as the true one does. Then a state's PH-symmetric errors cannot
         feed its staggered order, which after the L = 16 deep quench is a 1e-4 to 1e-2
         signal beside per-site errors of 1e-2. One network pass on both, batched."""
-        both, derivatives = self._advance(tf.concat([image, particle_hole(image)], 0),
-                                          training)
-        plain, mirrored = tf.split(both, 2)
-        next_image = 0.5 * (plain + particle_hole(mirrored))
-        if derivatives is None:
-            return next_image, None
-        plain, mirrored = tf.split(derivatives, 2)
-        return next_image, 0.5 * (plain + particle_hole(mirrored, increment=True))
+        def orbit_mean(pair: tf.Tensor, increment: bool) -> tf.Tensor:
+            plain, mirrored = tf.split(pair, 2)
+            return 0.5 * (plain + particle_hole(mirrored, increment))
+
+        images, derivatives = self._advance(tf.concat([image, particle_hole(image)], 0),
+                                            training)
+        return orbit_mean(images, False), \
+            None if derivatives is None else orbit_mean(derivatives, True)
 
     def _advance(self, image: tf.Tensor, training: bool
                  ) -> tuple[tf.Tensor, tf.Tensor | None]:

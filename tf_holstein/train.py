@@ -77,17 +77,14 @@ class Trainer:
         self.epochs = stage_epochs(train.stages)
         keras.utils.set_random_seed(train.train_seed)
         with self.strategy.scope():
-            self.model = models.MODELS[config.model.kind](
-                self.meta["scales"], channels=config.model.channels,
-                n_blocks=config.model.n_blocks, dropout=config.model.dropout,
-                precision=config.model.precision,
-                conserve=config.model.conserve, particle_hole=config.model.particle_hole)
+            options = dataclasses.asdict(config.model)
+            self.model = models.MODELS[options.pop("kind")](self.meta["scales"], **options)
             self.schedule = StagedWarmupCosine(
                 train.lr, [s.epochs * s.batches_per_epoch for s in train.stages],
                 train.warmup_steps, train.eta_min)
             self.optimizer = keras.optimizers.AdamW(
                 learning_rate=self.schedule, weight_decay=train.weight_decay,
-                use_ema=train.ema > 0, ema_momentum=train.ema or 0.99)
+                use_ema=train.ema > 0, ema_momentum=train.ema)
             self.optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
             if train.init_from:
                 models.warm_start(self.model, train.init_from)
@@ -187,7 +184,7 @@ class Trainer:
             local = tf.stack([sums[n][0] for n in names])
             counts = context.all_reduce("sum", tf.stack([sums[n][1] for n in names]))
             total = context.all_reduce("sum", tf.stop_gradient(local))
-            rms = tf.sqrt(total / tf.maximum(counts, 1e-30))
+            rms = losses.root_mean(total, counts)
             weights = tf.constant(self._weights(names))
             surrogate = tf.reduce_sum(weights * local / (2.0 * tf.maximum(rms, 1e-12) * counts))
         grads = context.all_reduce("sum", tape.gradient(surrogate, variables))
@@ -239,7 +236,7 @@ class Trainer:
             for name, (total, count) in self._evals[n_step](inputs, targets).items():
                 totals[name] = totals.get(name, 0.0) + np.array([float(total), float(count)])
         names = sorted(totals)
-        rms = {n: float(np.sqrt(totals[n][0] / max(totals[n][1], 1e-30))) for n in names}
+        rms = {n: float(losses.root_mean(*totals[n])) for n in names}
         out = {f"val_loss/{n}": v for n, v in rms.items()}
         out["val_loss/total"] = float(sum(w * rms[n] for n, w in zip(names,
                                                                        self._weights(names))))
@@ -381,7 +378,7 @@ def _task_id(strategy: tf.distribute.Strategy) -> int:
 def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
     """Creates the workdir, or checks that resuming continues the same experiment."""
     path = workdir / "config.json"
-    current = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    current = _as_json(config)
     if path.exists():
         if not resume:
             raise ValueError(f"{workdir} already holds a run: pass --resume to continue it, or "
@@ -395,14 +392,18 @@ def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
         records.write_json(path, current)
 
 
+def _as_json(config: Any) -> dict[str, Any]:
+    """A config dataclass as config.json holds it (stages and the like as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
 def _with_new_defaults(saved: dict[str, Any], config: Config) -> dict[str, Any]:
     """A saved config.json with config fields added to the library since it was written
     filled in at their defaults, so runs started by an older version still resume."""
     for section in dataclasses.fields(config):
         value = getattr(config, section.name)
         if dataclasses.is_dataclass(value) and isinstance(saved.get(section.name), dict):
-            defaults = json.loads(json.dumps(dataclasses.asdict(type(value)()), default=str))
-            for field, default in defaults.items():
+            for field, default in _as_json(type(value)()).items():
                 saved[section.name].setdefault(field, default)
     return saved
 
