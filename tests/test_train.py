@@ -186,6 +186,15 @@ def test_refuses_to_reuse_a_workdir_without_resume(smoke_run, data_dir):
         train.run(SMOKE, data_dir, smoke_run[0], progress=False)
 
 
+def test_refuses_a_dataset_made_with_another_protocol(data_dir, tmp_path):
+    other = dataclasses.replace(SMOKE, data=dataclasses.replace(SMOKE.data, noise=2e-4))
+    before = sorted(p.name for p in (data_dir / SMOKE.data.dataset_name).iterdir())
+    with pytest.raises(ValueError, match=r"different parameters \(noise: 0.0001 there, 0.0002"):
+        train.run(other, data_dir, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (data_dir / SMOKE.data.dataset_name).iterdir()) == before
+    assert not (tmp_path / "run").exists()
+
+
 def test_parc_trains_on_states_and_derivatives(tmp_path):
     config = get_config("smoke_deep")
     summary = train.run(config, tmp_path / "data", tmp_path / "run", progress=False)

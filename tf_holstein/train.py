@@ -415,9 +415,9 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
     workdir = Path(workdir)
     timings = {}
     tic = time.perf_counter()
-    dataset_dir = Path(data_dir) / config.data.dataset_name
-    if not (dataset_dir / records.META_FILE).exists():
-        datagen.generate(config.data, data_dir, progress=progress)
+    # Idempotent: simulates only missing shards, and refuses an existing dataset made
+    # with another protocol rather than training on it.
+    dataset_dir = datagen.generate(config.data, data_dir, progress=progress)
     timings["data_s"] = time.perf_counter() - tic
     strategy = strategy or make_strategy()
     if _is_chief(strategy):
