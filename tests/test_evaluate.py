@@ -65,6 +65,31 @@ def test_autocorrelation_of_an_ar1_ensemble_is_phi_to_the_tau():
     np.testing.assert_allclose(a, phi ** np.arange(31), atol=0.02)
 
 
+def ar1_ensemble(rng: np.random.Generator, n: int, T: int, phi: float = 0.95) -> np.ndarray:
+    x = np.empty((n, T))
+    x[:, 0] = rng.normal(size=n) / np.sqrt(1 - phi ** 2)
+    for t in range(1, T):
+        x[:, t] = phi * x[:, t - 1] + rng.normal(size=n)
+    return x
+
+
+def test_sampling_floor_predicts_the_spread_of_independent_ensembles():
+    rng = np.random.default_rng(1)
+    max_lag, n = 60, 16
+    observed = np.median([np.abs(evaluate.autocorrelation(ar1_ensemble(rng, n, 300), max_lag)
+                                 - evaluate.autocorrelation(ar1_ensemble(rng, n, 300), max_lag)
+                                 ).max() for _ in range(40)])
+    floors = [evaluate.autocorrelation_sampling_floor(ar1_ensemble(rng, size, 300), max_lag,
+                                                      draws=100) for size in (n, 4 * n)]
+    # Bootstrapping one ensemble of n gives the median gap between two independent ones ...
+    assert 0.7 * observed < floors[0] < 1.4 * observed, (floors[0], observed)
+    # ... and four times the series halve it.
+    assert 0.35 < floors[1] / floors[0] < 0.7, floors
+    x = ar1_ensemble(rng, n, 300)
+    assert evaluate.autocorrelation_sampling_floor(x, max_lag, seed=3) == \
+        evaluate.autocorrelation_sampling_floor(x, max_lag, seed=3)
+
+
 def test_autocorrelation_equals_the_direct_numpy_formula():
     """Non-stationary series with different means per series: there the pooled definition
     differs from TFP's per-series normalisation, which the result must not follow."""
@@ -265,6 +290,21 @@ def test_bad_requests_are_refused_with_reasons(identity_run, smoke_dataset, smok
                             "time_step": 2.56})
     with pytest.raises(ValueError, match="predicts steps of 2.56 .* g_f = 1"):
         evaluate.evaluate(other, smoke_dataset, progress=False)
+
+
+def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path):
+    """--model exact restarts RK4 from the stored float32 states: at L = 8 over 12 steps the
+    rounding stays at float32 level, and every metric sits at its floor."""
+    metrics = evaluate.evaluate(evaluate.EXACT, smoke_dataset, out_dir=tmp_path, chunk=5,
+                                progress=False)
+    summary = metrics["summary"]
+    assert metrics["run"]["model_format"] == "exact" and summary["n_diverged"] == 0
+    for name in evaluate.ORDER_PARAMETERS:
+        assert summary[name]["median_rmse_over_std"] < 1e-5, summary[name]
+        assert summary[name]["autocorrelation_max_abs_diff"] < 1e-3  # 12 steps: ill-conditioned
+    assert max(summary["state_rmse"].values()) < 1e-7, summary["state_rmse"]
+    with pytest.raises(ValueError, match="--model exact has no directory to write into"):
+        evaluate.evaluate(evaluate.EXACT, smoke_dataset, progress=False)
 
 
 def test_model_paths_resolve_to_the_shipped_artefact(identity_run):

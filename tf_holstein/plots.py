@@ -160,7 +160,8 @@ def autocorrelation_figure(curves: Mapping[str, Mapping[str, np.ndarray | None]]
     """A(tau) of Delta_rho and Delta_Q, truth against prediction (Fig. 8).
 
     curves: `{'Delta_rho' | 'Delta_Q': {'truth': [n_lags], 'prediction': [n_lags] or None}}`
-    for tau = 0..n_lags - 1 steps.
+    for tau = 0..n_lags - 1 steps, optionally with 'max_abs_diff' and 'sampling_floor'
+    (shown in the titles).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, (name, symbol) in zip(axes, (("Delta_rho", r"$\Delta_\rho$"),
@@ -172,7 +173,12 @@ def autocorrelation_figure(curves: Mapping[str, Mapping[str, np.ndarray | None]]
             ax.plot(tau, curves[name]["prediction"], color="tab:red", lw=1.2, ls="--",
                     label="prediction")
         ax.axhline(0.0, color="gray", lw=0.6)
-        ax.set_title(rf"$A(\tau)$ of {symbol}")
+        title = rf"$A(\tau)$ of {symbol}"
+        if curves[name].get("max_abs_diff") is not None:
+            title += f": max |diff| {curves[name]['max_abs_diff']:.3f}"
+        if curves[name].get("sampling_floor") is not None:
+            title += f" (sampling floor {curves[name]['sampling_floor']:.3f})"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel(r"$\tau$ (hbar / t)" if time_step else r"$\tau$ (steps)")
     axes[0].set_ylabel(r"$A(\tau)$")
     axes[0].legend(loc="upper right", fontsize=8)
