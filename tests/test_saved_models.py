@@ -25,7 +25,8 @@ def first_saved_states(config_name: str, n: int = 2) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name, config_name", [("shallow_L16", "shallow"),
                                                ("shallow_L32", "shallow_L32"),
-                                               ("deep_L16", "deep_L16")])
+                                               ("deep_L16", "deep_L16"),
+                                               ("deep_L32_cnn", "deep_L32")])
 def test_shipped_savedmodel_and_keras_file_agree_and_move(name, config_name):
     state = first_saved_states(config_name)
     L = state["Q"].shape[-1]
