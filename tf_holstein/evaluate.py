@@ -144,12 +144,11 @@ def exact_model(meta: Mapping[str, Any]) -> LoadedModel:
     config = meta["config"]
 
     def exact_rollout(state: Mapping[str, np.ndarray], n_steps: int) -> State:
-        chunks = simulate.simulate(
+        chunks = list(simulate.simulate(
             np.asarray(state["rho"], np.complex128), np.asarray(state["Q"], np.float64),
             np.asarray(state["P"], np.float64), g=config["g_f"], dt=config["dt"],
-            save_interval=config["save_interval"], saved_steps=n_steps)
-        arrays = list(chunks)
-        return {key: np.concatenate([c[key] for c in arrays], axis=1)[:, 1:]
+            save_interval=config["save_interval"], saved_steps=n_steps))
+        return {key: np.concatenate([c[key] for c in chunks], axis=1)[:, 1:]
                 for key in models.STATE_KEYS}
 
     return LoadedModel(Path(EXACT), EXACT, exact_rollout, {}, None)
