@@ -181,29 +181,46 @@ def autocorrelation(x: np.ndarray | tf.Tensor, max_lag: int) -> np.ndarray:
 
     x: float [n_series, T], an ensemble of equally long series. Every average runs over
     the ensemble and over t: the lagged product over the T - tau overlapping pairs of each
-    series, <X> and <X^2> over all n_series * T values (pooled, not per series).
-    `tfp.stats.auto_correlation` gives each series' lagged-product mean; it centres and
-    normalises per series, which is not this definition, so it is fed the deviations y
-    from the pooled mean m uncentred and unnormalised, and the exact identity
-    <X X'> - m^2 = <y y'> + m (<y>_head + <y>_tail) restores the definition. Computed in
-    float64; A(0) = 1 up to rounding.
+    series, <X> and <X^2> over all n_series * T values (pooled, not per series). Computed
+    in float64; A(0) = 1 up to rounding.
     """
     x = tf.convert_to_tensor(x, tf.float64)
-    n_series, length = x.shape
+    return weighted_autocorrelation(x, max_lag, np.ones((1, x.shape[0])))[0]
+
+
+def weighted_autocorrelation(x: np.ndarray | tf.Tensor, max_lag: int,
+                             weights: np.ndarray) -> np.ndarray:
+    """A(tau) of the ensembles that hold series s of x float [n_series, T] weights[e, s]
+    times (a bootstrap resample, say): float [n_ensembles, max_lag + 1].
+
+    Each series' sums are computed once and every ensemble pools them with its weights.
+    `tfp.stats.auto_correlation` gives each series' lagged-product mean; it centres and
+    normalises per series, which is not this definition, so it is fed the deviations y
+    from x's overall mean m0 uncentred and unnormalised. With m the ensemble's mean of y,
+    <X X'> - <X>^2 = <y y'> + m0 (<y>_head + <y>_tail) - m^2 - 2 m m0 and
+    <X^2> - <X>^2 = <y^2> - m^2 restore the definition.
+    """
+    x = tf.convert_to_tensor(x, tf.float64)
+    length = x.shape[1]
     max_lag = min(int(max_lag), length - 1)
-    mean = tf.reduce_mean(x)
-    y = x - mean
-    variance = tf.reduce_mean(y * y)
-    # Fed as complex: for real input TFP casts its complex FFT result back with a warning.
-    lagged = tf.reduce_mean(tf.math.real(tfp.stats.auto_correlation(
-        tf.complex(y, tf.zeros_like(y)), axis=-1, max_lags=max_lag, center=False,
-        normalize=False)), axis=0)  # <y(t) y(t+tau)>
+    m0 = tf.reduce_mean(x)
+    y = x - m0
     lags = tf.range(max_lag + 1)
-    prefix = tf.concat([tf.zeros([1], tf.float64), tf.cumsum(tf.reduce_sum(y, axis=0))], 0)
-    head = tf.gather(prefix, length - lags)  # sum over t < T - tau
-    tail = prefix[-1] - tf.gather(prefix, lags)  # sum over t >= tau
-    pairs = tf.cast(n_series * (length - lags), tf.float64)
-    return ((lagged + mean * (head + tail) / pairs) / variance).numpy()
+    pairs_per_series = tf.cast(length - lags, tf.float64)
+    # Fed as complex: for real input TFP casts its complex FFT result back with a warning.
+    lagged = tf.math.real(tfp.stats.auto_correlation(
+        tf.complex(y, tf.zeros_like(y)), axis=-1, max_lags=max_lag, center=False,
+        normalize=False)) * pairs_per_series  # sum over t < T - tau of y(t) y(t + tau)
+    prefix = tf.pad(tf.cumsum(y, axis=1), [[0, 0], [1, 0]])
+    ends = (tf.gather(prefix, length - lags, axis=1)  # sum over t < T - tau
+            + prefix[:, -1:] - tf.gather(prefix, lags, axis=1))  # + sum over t >= tau
+    w = tf.convert_to_tensor(weights, tf.float64)
+    count = tf.reduce_sum(w, axis=1, keepdims=True)
+    mean = w @ prefix[:, -1:] / (count * length)
+    second = w @ tf.reduce_sum(y * y, axis=1, keepdims=True) / (count * length)
+    covariance = ((w @ lagged + m0 * (w @ ends)) / (count * pairs_per_series)
+                  - mean * mean - 2.0 * mean * m0)
+    return (covariance / (second - mean * mean)).numpy()
 
 
 def autocorrelation_sampling_floor(x: np.ndarray | tf.Tensor, max_lag: int, draws: int = 200,
@@ -215,11 +232,12 @@ def autocorrelation_sampling_floor(x: np.ndarray | tf.Tensor, max_lag: int, draw
     much, so a prediction compared with a finite truth ensemble cannot be expected to beat it.
     """
     x = np.asarray(x, np.float64)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, x.shape[0], size=(draws, 2, x.shape[0]))
-    diffs = [np.max(np.abs(autocorrelation(x[a], max_lag) - autocorrelation(x[b], max_lag)))
-             for a, b in picks]
-    return float(np.median(diffs))
+    n = x.shape[0]
+    picks = np.random.default_rng(seed).integers(0, n, size=(draws * 2, n))
+    counts = np.zeros((draws * 2, n))
+    np.add.at(counts, (np.arange(draws * 2)[:, None], picks), 1.0)
+    a = weighted_autocorrelation(x, max_lag, counts).reshape(draws, 2, -1)
+    return float(np.median(np.max(np.abs(a[:, 0] - a[:, 1]), axis=-1)))
 
 
 def ensemble_bands(x: np.ndarray | tf.Tensor, percentiles: Sequence[float] = PERCENTILES
@@ -549,9 +567,12 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     if split not in records.SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(records.SPLITS)}")
     meta = records.read_meta(data)
-    if str(model) == EXACT and out_dir is None:
+    if str(model) != EXACT:
+        loaded = load_model(model)
+    elif out_dir is None:
         raise ValueError("--model exact has no directory to write into: pass --out")
-    loaded = exact_model(meta) if str(model) == EXACT else load_model(model)
+    else:
+        loaded = exact_model(meta)
     check_protocol(loaded.metadata, meta)
     available = meta["splits"][split]["num_trajectories"]
     n_traj = available if n_traj is None else n_traj
