@@ -52,25 +52,22 @@ def perturbed(tmp_path_factory, smoke_meta, perturbed_cnn):
 
 
 # -- statistics -------------------------------------------------------------------------------
-def test_autocorrelation_of_an_ar1_ensemble_is_phi_to_the_tau():
-    phi, n, T = 0.8, 400, 2000
-    rng = np.random.default_rng(0)
-    x = np.empty((n, T))
-    x[:, 0] = rng.normal(size=n) / np.sqrt(1 - phi ** 2)  # start in the stationary law
-    for t in range(1, T):
-        x[:, t] = phi * x[:, t - 1] + rng.normal(size=n)
-    a = evaluate.autocorrelation(3.0 + x, 30)  # an offset: the pooled mean must remove it
-    assert a.shape == (31,)
-    assert a[0] == pytest.approx(1.0, abs=1e-12)
-    np.testing.assert_allclose(a, phi ** np.arange(31), atol=0.02)
-
-
 def ar1_ensemble(rng: np.random.Generator, n: int, T: int, phi: float = 0.95) -> np.ndarray:
+    """n series x_t = phi x_{t-1} + white noise, each started in the stationary law."""
     x = np.empty((n, T))
     x[:, 0] = rng.normal(size=n) / np.sqrt(1 - phi ** 2)
     for t in range(1, T):
         x[:, t] = phi * x[:, t - 1] + rng.normal(size=n)
     return x
+
+
+def test_autocorrelation_of_an_ar1_ensemble_is_phi_to_the_tau():
+    phi = 0.8
+    x = ar1_ensemble(np.random.default_rng(0), 400, 2000, phi)
+    a = evaluate.autocorrelation(3.0 + x, 30)  # an offset: the pooled mean must remove it
+    assert a.shape == (31,)
+    assert a[0] == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(a, phi ** np.arange(31), atol=0.02)
 
 
 def test_sampling_floor_predicts_the_spread_of_independent_ensembles():

@@ -184,8 +184,7 @@ def autocorrelation(x: np.ndarray | tf.Tensor, max_lag: int) -> np.ndarray:
     series, <X> and <X^2> over all n_series * T values (pooled, not per series). Computed
     in float64; A(0) = 1 up to rounding.
     """
-    x = tf.convert_to_tensor(x, tf.float64)
-    return weighted_autocorrelation(x, max_lag, np.ones((1, x.shape[0])))[0]
+    return weighted_autocorrelation(x, max_lag, np.ones((1, np.shape(x)[0])))[0]
 
 
 def weighted_autocorrelation(x: np.ndarray | tf.Tensor, max_lag: int,
