@@ -84,11 +84,25 @@ class ModelConfig:
     # Average each step over the particle-hole orbit (models.particle_hole), a symmetry of
     # the exact step at half filling: twice the compute per step, no extra weights.
     particle_hole: bool = False
+    # "broadcast": each network also sees Q and P broadcast along rows and columns, so the
+    # coupling g (Q_i - Q_j) rho_ij is local at every pixel (models.broadcast_diagonals).
+    embedding: str = "diagonal"
+    # PARC's integrator input: "derivative" (the paper's) or "state_and_derivative".
+    integrator_input: str = "derivative"
 
     def validate(self) -> "ModelConfig":
         if self.kind not in ("cnn", "parc"):
             raise ValueError(f"invalid model config: kind must be 'cnn' or 'parc', got "
                              f"{self.kind!r}")
+        if self.embedding not in ("diagonal", "broadcast"):
+            raise ValueError(f"invalid model config: embedding must be 'diagonal' or "
+                             f"'broadcast', got {self.embedding!r}")
+        if self.integrator_input not in ("derivative", "state_and_derivative"):
+            raise ValueError(f"invalid model config: integrator_input must be 'derivative' or "
+                             f"'state_and_derivative', got {self.integrator_input!r}")
+        if self.kind == "cnn" and self.integrator_input != "derivative":
+            raise ValueError("invalid model config: integrator_input applies to PARC only "
+                             "(kind='parc')")
         if self.precision not in ("float32", "mixed_bfloat16"):
             raise ValueError(f"invalid model config: precision must be 'float32' or "
                              f"'mixed_bfloat16', got {self.precision!r}")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -170,7 +170,7 @@ def make_dataset_from_files(file_patterns: str | Sequence[str], *, n_step: int,
     if noise_std > 0:
         batches = tf.data.Dataset.zip(
             batches, tf.data.Dataset.random(seed=noise_seed, rerandomize_each_iteration=True)
-        ).map(lambda window, key: _add_noise(*window, key, noise_std),
+        ).map(lambda window, key: (add_noise(window[0], key, noise_std), window[1]),
               num_parallel_calls=AUTOTUNE, deterministic=True)
     return batches.prefetch(AUTOTUNE)
 
@@ -316,16 +316,18 @@ def _windows(trajectory: dict[str, tf.Tensor], key: tf.Tensor, n_step: int, shuf
     return tf.data.Dataset.from_tensor_slices(starts).map(window)
 
 
-def _add_noise(inputs: dict[str, tf.Tensor], targets: dict[str, tf.Tensor], key: tf.Tensor,
-               noise_std: float) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-    """Adds SPEC section 4's Gaussian noise to a batch of input states, keyed by `key`."""
+def add_noise(state: Mapping[str, tf.Tensor], key: tf.Tensor | int, noise_std: float
+              ) -> dict[str, tf.Tensor]:
+    """A batch of states with the training's Gaussian input noise, keyed by `key` (int64):
+    N(0, noise_std) on Q and P, complex noise of variance noise_std^2 on rho."""
+    key = tf.cast(key, tf.int64)
     seeds = [tf.stack([key, tf.constant(i, tf.int64)]) for i in range(4)]
     rho_std = noise_std / math.sqrt(2.0)
-    shape = tf.shape(inputs["rho"])
-    noisy = {"rho": inputs["rho"] + tf.complex(
+    shape = tf.shape(state["rho"])
+    noisy = {"rho": state["rho"] + tf.complex(
         tf.random.stateless_normal(shape, seeds[0], stddev=rho_std),
         tf.random.stateless_normal(shape, seeds[1], stddev=rho_std))}
     for name, seed in zip(("Q", "P"), seeds[2:]):
-        noisy[name] = inputs[name] + tf.random.stateless_normal(
-            tf.shape(inputs[name]), seed, stddev=noise_std)
-    return noisy, targets
+        noisy[name] = state[name] + tf.random.stateless_normal(
+            tf.shape(state[name]), seed, stddev=noise_std)
+    return noisy

@@ -13,6 +13,14 @@ its outputs multiplied by them (paper Appendix A). The architecture and every
 constant follow the reference PyTorch implementation, so that its checkpoints
 load (`tf_holstein.convert`) and reproduce its outputs.
 
+Two options go beyond the paper (both off by default, so the reference's checkpoints
+load unchanged). `embedding="broadcast"` adds each image's Q and P broadcast along rows
+(Q_i at every (i, j)) and along columns (Q_j): the coupling term g (Q_i - Q_j) rho_ij of
+d rho_ij / dt then sits at its pixel, which a diagonal-only 3 x 3 stack of radius R sees
+only for |i - j| <= R. PARC's `integrator_input="state_and_derivative"` feeds the
+integrator the state beside the derivative (as PARCv2 does), so that it can correct
+errors of its input state instead of only integrating D(u).
+
 With `precision="mixed_bfloat16"` the networks' convolutions compute in bfloat16
 (`tf_holstein.layers`); the weights, the state and its update, the scalings and
 the layer norms stay float32, and the state interface keeps its dtypes.
@@ -23,7 +31,7 @@ import dataclasses
 import functools
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -53,6 +61,12 @@ class Architecture:
     kernel_size: int = 3
 
 
+# How a network sees a 4-channel image: as is ("diagonal", the paper's), or with Q and P
+# also broadcast along rows and columns ("broadcast", 4 more channels per image).
+EMBEDDINGS = ("diagonal", "broadcast")
+# What PARC's integrator sees: the derivative (the paper's) or the state and the derivative.
+INTEGRATOR_INPUTS = ("derivative", "state_and_derivative")
+
 PRESETS: dict[str, Architecture] = {
     "tiny": Architecture(channels=16, n_blocks=1),  # shallow quench, standard CNN: 5,364 params
     "medium": Architecture(channels=128, n_blocks=4),  # deep quench, PARC: 1,187,972 per network
@@ -76,6 +90,22 @@ def decode(image: tf.Tensor) -> State:
     return {"rho": tf.complex(image[..., 0], image[..., 1]),
             "Q": tf.linalg.diag_part(image[..., 2]),
             "P": tf.linalg.diag_part(image[..., 3])}
+
+
+def broadcast_diagonals(image: tf.Tensor) -> tf.Tensor:
+    """`[batch, L, L, 4k]` -> `[batch, L, L, 8k]`: each 4-channel group's Q and P (diagonals of
+    its channels 2 and 3) appended broadcast along rows and along columns.
+
+    Pixel (i, j) then holds Q_i, Q_j, P_i and P_j. Translations of the ring shift both axes
+    alike, so the channels are translation-equivariant, as the diagonal ones are.
+    """
+    extra = []
+    for group in range(image.shape[-1] // 4):
+        for channel in (4 * group + 2, 4 * group + 3):
+            values = tf.linalg.diag_part(image[..., channel])  # [batch, L]
+            rows = tf.broadcast_to(values[:, :, None], tf.shape(image[..., 0]))
+            extra += [rows, tf.transpose(rows, [0, 2, 1])]
+    return tf.concat([image, tf.stack(extra, axis=-1)], axis=-1)
 
 
 def _state_mask(image: tf.Tensor) -> tf.Tensor:
@@ -170,34 +200,44 @@ def validate_scales(scales: Mapping[str, float]) -> dict[str, float]:
 
 
 class _ScaledNetwork(keras.layers.Layer):
-    """image -> out_scale * net(in_scale * image), the scales per channel and non-trainable.
+    """images -> out_scale * net(embed(in_scale * images)): one or more 4-channel images,
+    concatenated along channels, the scales per channel and non-trainable.
 
     The factors are stored as float32 weights (the reference's `in_scale_*` and `out_scale_*`
-    buffers), so a converted checkpoint keeps its exact values.
+    buffers), so a converted checkpoint keeps its exact values. The embedding is computed
+    from the scaled images inside the network, after any symmetry transform of the state.
     """
 
     def __init__(self, in_scale: tuple[float, ...], out_scale: tuple[float, ...],
                  architecture: Architecture, zero_init_output: bool, precision: str,
-                 **kwargs: Any) -> None:
+                 embedding: str = "diagonal", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.network = PreActResNet(architecture.channels, architecture.n_blocks, out_channels=4,
                                     kernel_size=architecture.kernel_size,
                                     dropout=architecture.dropout,
                                     zero_init_output=zero_init_output, precision=precision,
                                     name="network")
+        self.embedding = embedding
         self._initial_scales = (in_scale, out_scale)
-        self.build((None, None, None, 4))
+        self.build((None, None, None, len(in_scale)))
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         in_scale, out_scale = self._initial_scales
-        self.in_scale = self.add_weight(name="in_scale", shape=(4,), trainable=False,
+        self.in_scale = self.add_weight(name="in_scale", shape=(len(in_scale),),
+                                        trainable=False,
                                         initializer=keras.initializers.Constant(in_scale))
         self.out_scale = self.add_weight(name="out_scale", shape=(4,), trainable=False,
                                          initializer=keras.initializers.Constant(out_scale))
-        self.network.build(input_shape)
+        embedded = input_shape[-1] * (2 if self.embedding == "broadcast" else 1)
+        self.network.build((*input_shape[:-1], embedded))
 
-    def call(self, image: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        return self.network(image * self.in_scale, training=training) * self.out_scale
+    def call(self, images: tf.Tensor | Sequence[tf.Tensor], training: bool | None = None
+             ) -> tf.Tensor:
+        image = images if tf.is_tensor(images) else tf.concat(list(images), axis=-1)
+        image = image * self.in_scale
+        if self.embedding == "broadcast":
+            image = broadcast_diagonals(image)
+        return self.network(image, training=training) * self.out_scale
 
 
 def _channel_scales(scales: Mapping[str, float], prefix: str) -> tuple[float, float, float, float]:
@@ -224,23 +264,37 @@ class HolsteinModel(keras.Model):
     def __init__(self, scales: Mapping[str, float], channels: int, n_blocks: int,
                  dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
                  precision: str = "float32", conserve: bool = False,
-                 particle_hole: bool = False, **kwargs: Any) -> None:
+                 particle_hole: bool = False, embedding: str = "diagonal",
+                 integrator_input: str = "derivative", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding {embedding!r}; valid embeddings: "
+                             f"{', '.join(EMBEDDINGS)}")
+        if integrator_input not in INTEGRATOR_INPUTS:
+            raise ValueError(f"unknown integrator_input {integrator_input!r}; valid inputs: "
+                             f"{', '.join(INTEGRATOR_INPUTS)}")
+        if integrator_input != "derivative" and not self.has_derivatives:
+            raise ValueError(f"integrator_input={integrator_input!r} needs a PARC model; "
+                             f"{type(self).__name__} has no integrator")
         self.scales = validate_scales(scales)
         self.architecture = Architecture(channels, n_blocks, dropout, kernel_size)
         self.zero_init_output = zero_init_output
         self.precision = precision
         self.conserve = bool(conserve)
         self.particle_hole = bool(particle_hole)
+        self.embedding = embedding
+        self.integrator_input = integrator_input
         self._compiled_rollouts = _FunctionCache()
 
-    def _network(self, inputs: str, outputs: str, zero_init_output: bool,
+    def _network(self, inputs: Sequence[str], outputs: str, zero_init_output: bool,
                  name: str) -> _ScaledNetwork:
-        """A network from the `inputs` quantities to the `outputs` ones ('', 'd' or 'delta_')."""
+        """A network from images of the `inputs` quantities (each '', 'd' or 'delta_'), in
+        that order, to the `outputs` ones."""
         # 1 / s in double precision, then rounded once to float32, as the reference does.
-        in_scale = tuple(1.0 / s for s in _channel_scales(self.scales, inputs))
+        in_scale = tuple(1.0 / s for prefix in inputs
+                         for s in _channel_scales(self.scales, prefix))
         return _ScaledNetwork(in_scale, _channel_scales(self.scales, outputs), self.architecture,
-                              zero_init_output, self.precision, name=name)
+                              zero_init_output, self.precision, self.embedding, name=name)
 
     def _admissible(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
         """A network's raw output as a state increment (or derivative): masked to the state's
@@ -379,7 +433,8 @@ class HolsteinModel(keras.Model):
         return {**super().get_config(), "scales": dict(self.scales),
                 **dataclasses.asdict(self.architecture), "zero_init_output": self.zero_init_output,
                 "precision": self.precision, "conserve": self.conserve,
-                "particle_hole": self.particle_hole}
+                "particle_hole": self.particle_hole, "embedding": self.embedding,
+                "integrator_input": self.integrator_input}
 
 
 def _batch_major(array: tf.TensorArray) -> tf.Tensor:
@@ -398,12 +453,9 @@ class HolsteinCNN(HolsteinModel):
     """
 
     def __init__(self, scales: Mapping[str, float], channels: int = 16, n_blocks: int = 1,
-                 dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
-                 precision: str = "float32", conserve: bool = False,
-                 particle_hole: bool = False, **kwargs: Any) -> None:
-        super().__init__(scales, channels, n_blocks, dropout, kernel_size, zero_init_output,
-                         precision, conserve, particle_hole, **kwargs)
-        self.cnn = self._network("", "delta_", zero_init_output, name="cnn")
+                 **kwargs: Any) -> None:
+        super().__init__(scales, channels, n_blocks, **kwargs)
+        self.cnn = self._network([""], "delta_", self.zero_init_output, name="cnn")
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, None]:
@@ -422,20 +474,21 @@ class HolsteinPARC(HolsteinModel):
     has_derivatives = True
 
     def __init__(self, scales: Mapping[str, float], channels: int = 128, n_blocks: int = 4,
-                 dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
-                 precision: str = "float32", conserve: bool = False,
-                 particle_hole: bool = False, **kwargs: Any) -> None:
-        super().__init__(scales, channels, n_blocks, dropout, kernel_size, zero_init_output,
-                         precision, conserve, particle_hole, **kwargs)
-        self.differentiator = self._network("", "d", False, name="differentiator")
-        self.integrator = self._network("d", "delta_", zero_init_output, name="integrator")
+                 **kwargs: Any) -> None:
+        super().__init__(scales, channels, n_blocks, **kwargs)
+        self.differentiator = self._network([""], "d", False, name="differentiator")
+        inputs = ["", "d"] if self.integrator_input == "state_and_derivative" else ["d"]
+        self.integrator = self._network(inputs, "delta_", self.zero_init_output,
+                                        name="integrator")
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         # Decoding then encoding the derivative, as the reference does, zeroes the
         # off-diagonal entries of the Q and P channels: the mask does the same.
         derivative = self._admissible(image, self.differentiator(image, training=training))
-        delta = self.integrator(derivative, training=training)
+        inputs = [image, derivative] if self.integrator_input == "state_and_derivative" \
+            else derivative
+        delta = self.integrator(inputs, training=training)
         return self._next(image, delta), derivative
 
 
@@ -445,8 +498,8 @@ MODELS: dict[str, type[HolsteinModel]] = {"cnn": HolsteinCNN, "parc": HolsteinPA
 def build_model(kind: str, preset: str, scales: Mapping[str, float],
                 **overrides: Any) -> HolsteinModel:
     """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
-    `Architecture` (or `zero_init_output`, `precision`, `conserve`, `particle_hole`)
-    overridable by keyword."""
+    `Architecture` (or `zero_init_output`, `precision`, `conserve`, `particle_hole`,
+    `embedding`, `integrator_input`) overridable by keyword."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
     if preset not in PRESETS:

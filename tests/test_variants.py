@@ -1,0 +1,130 @@
+"""The model options beyond the paper: the broadcast embedding and PARC's state-aware
+integrator keep the symmetries of the dynamics, save and reload, and train."""
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_holstein import models, train
+from tf_holstein.configs import ModelConfig, get_config
+
+from test_models import SCALES, assert_states_close, random_state, shift
+
+VARIANTS = [("cnn", {"embedding": "broadcast"}),
+            ("parc", {"embedding": "broadcast"}),
+            ("parc", {"integrator_input": "state_and_derivative"}),
+            ("parc", {"embedding": "broadcast", "integrator_input": "state_and_derivative"})]
+
+
+def variant(kind: str, **options) -> models.HolsteinModel:
+    """A small model whose output convs are not at zero, so that a step does something."""
+    keras.utils.set_random_seed(0)
+    return models.build_model(kind, "tiny", SCALES, channels=8, zero_init_output=False,
+                              **options)
+
+
+def test_broadcast_channels_hold_each_sites_q_and_p_along_its_row_and_column():
+    state = random_state(2, 6)
+    image = models.encode(state)
+    embedded = models.broadcast_diagonals(tf.concat([image, 2.0 * image], axis=-1)).numpy()
+    assert embedded.shape == (2, 6, 6, 16)
+    np.testing.assert_array_equal(embedded[..., :8], tf.concat([image, 2.0 * image], -1))
+    Q, P = state["Q"], state["P"]
+    expected = [Q[:, :, None], Q[:, None, :], P[:, :, None], P[:, None, :]]
+    for k, values in enumerate(expected):  # the first image's, then the doubled one's
+        np.testing.assert_array_equal(embedded[..., 8 + k], np.broadcast_to(values, (2, 6, 6)))
+        np.testing.assert_array_equal(embedded[..., 12 + k],
+                                      np.broadcast_to(2.0 * values, (2, 6, 6)))
+
+
+@pytest.mark.parametrize("kind, options", VARIANTS)
+def test_variants_add_only_input_conv_weights(kind, options):
+    """Each extra input channel costs one 3 x 3 kernel per hidden channel of the input conv."""
+    plain, model = variant(kind), variant(kind, **options)
+    C, k2 = 8, 9
+    extra = 0
+    if options.get("embedding") == "broadcast":
+        extra += 4 * C * k2 * (2 if kind == "parc" else 1)  # each network's input image
+    if options.get("integrator_input") == "state_and_derivative":
+        extra += 4 * C * k2 * (2 if options.get("embedding") == "broadcast" else 1)
+    assert model.count_params() - plain.count_params() == extra + (
+        4 if options.get("integrator_input") else 0)  # + the state's 4 input scales
+    state = random_state(3, 8)
+    stepped = model.step(state)
+    for key in models.STATE_KEYS:
+        assert stepped[key].shape == state[key].shape and stepped[key].dtype == state[key].dtype
+
+
+@pytest.mark.parametrize("kind, options", VARIANTS)
+def test_variants_commute_with_translations(kind, options):
+    model = variant(kind, **options)
+    state = random_state(2, 10)
+    stepped = model.step(state)
+    assert np.abs(stepped["Q"].numpy() - state["Q"]).max() > 1e-3  # the step is not trivial
+    for sites in (1, 3):
+        assert_states_close(model.step(shift(state, sites)), shift(stepped, sites))
+
+
+@pytest.mark.parametrize("kind, options", VARIANTS)
+def test_variants_with_particle_hole_averaging_commute_with_the_symmetry(kind, options):
+    def ph(state):
+        return models.decode(models.particle_hole(models.encode(state)))
+
+    model = variant(kind, particle_hole=True, **options)
+    state = random_state(2, 8)
+    assert_states_close(model.step(ph(state)), ph(model.step(state)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, options", VARIANTS)
+def test_variants_round_trip_through_a_keras_file(kind, options, tmp_path):
+    model = variant(kind, conserve=True, **options)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    state = random_state(2, 8)
+    assert_states_close(loaded.step(state), model.step(state), atol=0)
+
+
+def test_state_aware_integrator_sees_the_state():
+    """The paper's integrator maps equal derivatives to equal increments; given the state
+    too, it does not."""
+    state = random_state(1, 8)
+    other = {key: value.copy() for key, value in state.items()}
+    other["Q"] = other["Q"] + 0.05
+    for options, differs in (({}, False), ({"integrator_input": "state_and_derivative"}, True)):
+        model = variant("parc", **options)
+        derivative = models.encode(model.step(state, return_derivatives=True)[1])
+        a = model.integrator(derivative) if not options else \
+            model.integrator([models.encode(state), derivative])
+        b = model.integrator(derivative) if not options else \
+            model.integrator([models.encode(other), derivative])
+        assert (np.abs(a.numpy() - b.numpy()).max() > 1e-4) == differs
+
+
+def test_bad_options_name_the_valid_ones():
+    with pytest.raises(ValueError, match="valid embeddings: diagonal, broadcast"):
+        variant("cnn", embedding="rows")
+    with pytest.raises(ValueError, match="needs a PARC model"):
+        variant("cnn", integrator_input="state_and_derivative")
+    with pytest.raises(ValueError, match="PARC only"):
+        ModelConfig(kind="cnn", integrator_input="state_and_derivative").validate()
+
+
+def test_a_state_aware_broadcast_parc_trains(tmp_path):
+    """The trainer builds every option from the config, and the loss falls."""
+    config = get_config("smoke_deep")
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, embedding="broadcast", integrator_input="state_and_derivative"))
+    summary = train.run(config, tmp_path / "data", tmp_path / "run", progress=False)
+    from test_train import scalar_events
+
+    losses = sorted(scalar_events(tmp_path / "run")["loss/total"])
+    end_of_stage = config.train.stages[0].epochs * config.train.stages[0].batches_per_epoch
+    stage_one = [loss for step, loss in losses if step <= end_of_stage]
+    assert stage_one[-1] < 0.5 * stage_one[0], losses
+    exported = summary["config"]["model"]
+    assert (exported["embedding"], exported["integrator_input"]) == \
+        ("broadcast", "state_and_derivative")
