@@ -1,6 +1,7 @@
 """Importing the reference's PyTorch checkpoints, without PyTorch."""
 import collections
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import pytest
 
 from tf_holstein import convert, models
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+# The reference's published checkpoints are not part of this repository: a directory named
+# by TF_HOLSTEIN_REFERENCE_DIR, else shared/reference/ beside the checkout where it exists.
+REFERENCE = Path(os.environ.get("TF_HOLSTEIN_REFERENCE_DIR")
+                 or Path(__file__).resolve().parents[2] / "shared" / "reference")
 LENGTHS = [16, 32]
 
 
@@ -22,7 +26,11 @@ def reference_files(L: int) -> tuple[Path, Path, Path]:
     files = tuple(REFERENCE / f"tiny_shallow_L{L}.{ext}"
                   for ext in ("pth", "kwargs.json", "fixture.npz"))
     if not all(f.is_file() for f in files):
-        pytest.skip(f"reference checkpoints not found beside the repo at {REFERENCE}")
+        pytest.skip(f"reference checkpoints not found in {REFERENCE}: set "
+                    f"TF_HOLSTEIN_REFERENCE_DIR to a directory holding tiny_shallow_L{L}.pth "
+                    f"(the reference's model_weights.pth, from pretrained_weights/ of "
+                    f"github.com/apning/holstein-parc), its kwargs as .kwargs.json and the "
+                    f"reference implementation's outputs as .fixture.npz")
     return files
 
 

@@ -10,7 +10,7 @@ required and a checkpoint cannot run code.
     python -m tf_holstein.convert --pth model_weights.pth --kwargs kwargs.json --out model.keras
 
 The kwargs are JSON (the reference pickles torch objects; write them as strings,
-as in shared/reference/*.kwargs.json).
+e.g. "act_func": "Tanh()", "dtype": "torch.float32").
 """
 from __future__ import annotations
 

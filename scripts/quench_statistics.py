@@ -1,0 +1,84 @@
+"""What a quench does to a dataset's trajectories: staggered order, its spatial modes, its climate.
+
+    python scripts/quench_statistics.py --data data/deep_L16 data/deep_cpu_L32
+    python scripts/quench_statistics.py --data <smoke_deep dataset> --window 4 --power_steps 6 \
+        --lags 1,2 --max_lag 5 --sizes 2,3 --draws 3                  # seconds
+
+For each dataset, from its test split: the RMS of Delta_Q over the first and the last
+`--window` saved steps; the shares of Q's spatial power (over the last `--power_steps` steps)
+at the two largest wave numbers, k = pi - 2 pi / L and k = pi; the autocorrelation A(tau) of
+Delta_Q at `--lags`; the sampling floor of the climate test for Delta_rho and Delta_Q. Then,
+pooling the test and training trajectories' Delta_Q, the median gap between disjoint
+ensembles of each of `--sizes` (`--draws` random splits from one generator).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tf_holstein import evaluate, physics, records
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ensemble_gap import median_gaps  # noqa: E402  (a sibling script)
+
+
+def split_order_parameters(dataset_dir: str | Path, split: str
+                           ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Delta_rho and Delta_Q float64 [N, T] of a split (initial state left out), and the split."""
+    d = records.load_split(dataset_dir, split)
+    delta_rho, delta_q = physics.order_parameters(d["rho"][:, 1:], d["Q"][:, 1:])
+    return np.asarray(delta_rho, np.float64), np.asarray(delta_q, np.float64), d
+
+
+def statistics(dataset_dir: str | Path, window: int, power_steps: int, lags: Sequence[int],
+               max_lag: int, sizes: Sequence[int], draws: int) -> dict[str, Any]:
+    """The numbers the module docstring lists, for one dataset directory."""
+    dr, dq, test = split_order_parameters(dataset_dir, "test")
+    Q = np.asarray(test["Q"][:, -power_steps:], np.float64)  # [N, power_steps, L]
+    power = (np.abs(np.fft.rfft(Q, axis=-1)) ** 2).mean((0, 1))  # over k = 0 .. pi
+    out = {"rms_delta_Q_first": float(np.sqrt((dq[:, :window] ** 2).mean())),
+           "rms_delta_Q_last": float(np.sqrt((dq[:, -window:] ** 2).mean())),
+           "power_share_pi_minus_2pi_over_L": float(power[-2] / power.sum()),
+           "power_share_pi": float(power[-1] / power.sum()),
+           "A_Q": dict(zip(lags, evaluate.autocorrelation(dq, max_lag)[list(lags)])),
+           "sampling_floor": [evaluate.autocorrelation_sampling_floor(x, max_lag)
+                              for x in (dr, dq)]}
+    pooled = np.concatenate([dq, split_order_parameters(dataset_dir, "train")[1]])
+    rng = np.random.default_rng(0)
+    out["gaps_Q"] = {n: float(median_gaps((pooled,), n, draws, max_lag, rng)[0]) for n in sizes}
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", required=True, help="dataset directories")
+    parser.add_argument("--window", type=int, default=100, help="steps of the RMS Delta_Q")
+    parser.add_argument("--power_steps", type=int, default=200, help="steps of Q's power")
+    parser.add_argument("--lags", default="20,40,80,160", help="tau at which to print A")
+    parser.add_argument("--max_lag", type=int, default=evaluate.MAX_LAG, help="largest tau")
+    parser.add_argument("--sizes", default="24,48,96", help="ensemble sizes of the gap")
+    parser.add_argument("--draws", type=int, default=30, help="random splits per median")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Prints and returns {dataset directory: statistics}."""
+    args = parse_args(argv)
+    lags = [int(s) for s in args.lags.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out = {}
+    for directory in args.data:
+        out[directory] = statistics(directory, args.window, args.power_steps, lags,
+                                    args.max_lag, sizes, args.draws)
+        for key, value in out[directory].items():
+            print(directory, key, np.round(list(value.values()) if isinstance(value, dict)
+                                           else value, 4))
+    return out
+
+
+if __name__ == "__main__":
+    main()

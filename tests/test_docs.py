@@ -1,0 +1,135 @@
+"""The documentation works: the README's example runs, links resolve, scripts run, and
+nothing points outside the repository."""
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+ZOO_README = ROOT / "saved_models" / "README.md"
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def readme_example() -> str:
+    """The first Python block under the README's "Use a shipped model" heading."""
+    section = README.read_text().split("## Use a shipped model", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_is_short_and_opens_with_the_two_commands():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 180
+    first_block = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert first_block == ["pip install -e . && python -m tf_holstein.train --config shallow",
+                           'pip install -e ".[test]" && python -m pytest -q']
+
+
+def test_readme_example_follows_the_exact_dynamics(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    code = readme_example()
+    full_size = "L, steps = 16, 1200"
+    assert full_size in code
+    (tmp_path / "saved_models").symlink_to(ROOT / "saved_models")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code.replace(full_size, "L, steps = 16, 50"), "README example", "exec"),
+         namespace)
+    assert (tmp_path / "delta_rho.png").stat().st_size > 0
+    exact, predicted = namespace["exact"][0], namespace["predicted"]["Delta_rho"][0].numpy()
+    assert exact.shape == predicted.shape == (50,)
+    # The shipped model's Delta_rho RMSE / std is 0.11 on fresh trajectories, from the
+    # first steps on; a model that stood still would score about 1.
+    assert np.sqrt(np.mean((predicted - exact) ** 2)) / exact.std() < 0.25
+
+
+def relative_links(path: Path) -> list[str]:
+    return [target for target in LINK.findall(path.read_text())
+            if not re.match(r"[a-z]+:", target)]
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", [README, ZOO_README, *DOCS],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    assert DOCS, "docs/ has no pages"
+    for target in relative_links(page):
+        file, _, anchor = target.partition("#")
+        resolved = (page.parent / file).resolve() if file else page
+        assert resolved.exists(), f"{page.name} links to {target}, which does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{page.name}: no heading #{anchor} in {file}"
+
+
+def test_nothing_points_outside_the_repository():
+    files = [README, ZOO_README, *DOCS,
+             *[p for folder in ("tf_holstein", "configs", "scripts", "pipelines")
+               for p in (ROOT / folder).rglob("*.py")]]
+    for path in files:
+        text = path.read_text()
+        for outside in ("../shared", "shared/SPEC", "shared/reference"):
+            assert outside not in text, f"{path.relative_to(ROOT)} mentions {outside}"
+
+
+def test_license_and_citation_name_this_version():
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
+    citation = (ROOT / "CITATION.cff").read_text()
+    assert f'version: "{version}"' in citation
+    assert "preferred-citation:" in citation
+
+
+def load_script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_median_gaps_vanish_between_identical_ensembles(monkeypatch):
+    ensemble_gap = load_script("ensemble_gap", monkeypatch)
+    x = np.tile(np.sin(0.3 * np.arange(60)), (8, 1))
+    rng = np.random.default_rng(0)
+    noisy = x + rng.normal(size=x.shape)
+    gaps = ensemble_gap.median_gaps((x, noisy), 4, draws=5, max_lag=10, rng=rng)
+    assert gaps[0] < 1e-12 < gaps[1]
+    with pytest.raises(ValueError, match="need at least 10 series"):
+        ensemble_gap.median_gaps((x,), 5, draws=1, max_lag=10, rng=rng)
+
+
+def test_ensemble_gap_runs_at_a_tiny_size(monkeypatch):
+    ensemble_gap = load_script("ensemble_gap", monkeypatch)
+    out = ensemble_gap.main(["--config", "smoke_deep", "--n", "8", "--sizes", "2,4",
+                             "--long_n", "4", "--long_steps", "24", "--block", "6",
+                             "--window", "12", "--max_lag", "5", "--draws", "3"])
+    assert set(out["sizes"]) == {2, 4} and set(out["windows"]) == {1, 13}
+    assert out["rms_delta_Q"].shape == (4,)
+    # |A| <= 1 for every lag, so two autocorrelations differ by at most 2.
+    for gaps in [*out["sizes"].values(), *(w["gaps"] for w in out["windows"].values())]:
+        assert np.all((gaps >= 0) & (gaps <= 2))
+
+
+def test_quench_statistics_runs_at_a_tiny_size(monkeypatch, smoke_dataset):
+    quench_statistics = load_script("quench_statistics", monkeypatch)
+    out = quench_statistics.main(["--data", str(smoke_dataset), "--window", "4",
+                                  "--power_steps", "6", "--lags", "0,2", "--max_lag", "5",
+                                  "--sizes", "2,3", "--draws", "3"])[str(smoke_dataset)]
+    assert out["A_Q"][0] == pytest.approx(1.0)  # A(0) = 1 by definition
+    shares = out["power_share_pi_minus_2pi_over_L"] + out["power_share_pi"]
+    assert 0 < shares <= 1 + 1e-12
+    assert out["rms_delta_Q_first"] > 0 and min(out["sampling_floor"]) >= 0
+    assert set(out["gaps_Q"]) == {2, 3}
