@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_holstein import datagen, evaluate, physics, simulate
+from tf_holstein import datagen, metrics, physics, simulate
 from tf_holstein.configs import DataConfig, get_config
 
 
@@ -46,8 +46,8 @@ def median_gaps(series: Sequence[np.ndarray], n: int, draws: int, max_lag: int,
     """
     if not 1 <= n <= len(series[0]) // 2:
         raise ValueError(f"ensembles of {n} need at least {2 * n} series, have {len(series[0])}")
-    gaps = [[np.abs(evaluate.autocorrelation(x[p[:n]], max_lag)
-                    - evaluate.autocorrelation(x[p[n:2 * n]], max_lag)).max() for x in series]
+    gaps = [[np.abs(metrics.autocorrelation(x[p[:n]], max_lag)
+                    - metrics.autocorrelation(x[p[n:2 * n]], max_lag)).max() for x in series]
             for p in (rng.permutation(len(series[0])) for _ in range(draws))]
     return np.median(gaps, axis=0)
 
@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--long_steps", type=int, default=4000, help="saved steps of the long run")
     parser.add_argument("--block", type=int, default=500, help="steps per RMS Delta_Q value")
     parser.add_argument("--window", type=int, default=1000, help="steps per gap window")
-    parser.add_argument("--max_lag", type=int, default=evaluate.MAX_LAG, help="largest tau")
+    parser.add_argument("--max_lag", type=int, default=metrics.MAX_LAG, help="largest tau")
     parser.add_argument("--draws", type=int, default=20, help="random splits per median")
     args = parser.parse_args(argv)
     if args.long_steps % args.block or args.long_steps % args.window:
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         window = (dr[:, start:start + args.window], dq[:, start:start + args.window])
         gaps = median_gaps(window, args.long_n // 2, args.draws, args.max_lag,
                            np.random.default_rng(0))
-        a_q = evaluate.autocorrelation(window[1], args.max_lag)
+        a_q = metrics.autocorrelation(window[1], args.max_lag)
         out["windows"][start + 1] = {"gaps": gaps, "A_Q": {lag: a_q[lag] for lag in lags}}
         print(f"steps {start + 1}-{start + args.window}: {args.long_n // 2} against "
               f"{args.long_n // 2}", gaps.round(3), f"A(Delta_Q) at tau {lags}",

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_holstein import evaluate, physics, records
+from tf_holstein import metrics, physics, records
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ensemble_gap import median_gaps  # noqa: E402  (a sibling script)
@@ -44,8 +44,8 @@ def statistics(dataset_dir: str | Path, window: int, power_steps: int, lags: Seq
            "rms_delta_Q_last": float(np.sqrt((dq[:, -window:] ** 2).mean())),
            "power_share_pi_minus_2pi_over_L": float(power[-2] / power.sum()),
            "power_share_pi": float(power[-1] / power.sum()),
-           "A_Q": dict(zip(lags, evaluate.autocorrelation(dq, max_lag)[list(lags)])),
-           "sampling_floor": [evaluate.autocorrelation_sampling_floor(x, max_lag)
+           "A_Q": dict(zip(lags, metrics.autocorrelation(dq, max_lag)[list(lags)])),
+           "sampling_floor": [metrics.autocorrelation_sampling_floor(x, max_lag)
                               for x in (dr, dq)]}
     pooled = np.concatenate([dq, split_order_parameters(dataset_dir, "train")[1]])
     rng = np.random.default_rng(0)
@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=100, help="steps of the RMS Delta_Q")
     parser.add_argument("--power_steps", type=int, default=200, help="steps of Q's power")
     parser.add_argument("--lags", default="20,40,80,160", help="tau at which to print A")
-    parser.add_argument("--max_lag", type=int, default=evaluate.MAX_LAG, help="largest tau")
+    parser.add_argument("--max_lag", type=int, default=metrics.MAX_LAG, help="largest tau")
     parser.add_argument("--sizes", default="24,48,96", help="ensemble sizes of the gap")
     parser.add_argument("--draws", type=int, default=30, help="random splits per median")
     return parser.parse_args(argv)
