@@ -133,3 +133,25 @@ def test_quench_statistics_runs_at_a_tiny_size(monkeypatch, smoke_dataset):
     assert 0 < shares <= 1 + 1e-12
     assert out["rms_delta_Q_first"] > 0 and min(out["sampling_floor"]) >= 0
     assert set(out["gaps_Q"]) == {2, 3}
+
+
+def test_error_spectrum_finds_an_unreproduced_jitter(monkeypatch, tmp_path):
+    error_spectrum = load_script("error_spectrum", monkeypatch)
+    steps = np.arange(400)
+    rng = np.random.default_rng(0)
+    slow = np.sin(2 * np.pi * 0.02 * steps + rng.uniform(0, 6, size=(6, 1)))
+    jitter = 0.1 * np.sin(2 * np.pi * 0.3 * steps + rng.uniform(0, 6, size=(6, 1)))
+    np.savez(tmp_path / "order_parameters.npz", first_diverged_step=np.array([0] * 5 + [7]),
+             truth_Delta_rho=slow + jitter, prediction_Delta_rho=slow,
+             truth_Delta_Q=slow, prediction_Delta_Q=1.1 * slow)
+    out = error_spectrum.main(["--traces", str(tmp_path / "order_parameters.npz"),
+                               "--window", "100"])
+    # The prediction misses exactly the jitter at 0.3 cycles per step, inside the band.
+    rho = out["Delta_rho"]
+    assert rho["error_power_share_in_band"] == pytest.approx(1.0, abs=1e-3)
+    assert rho["error_over_truth_power_in_band"] == pytest.approx(1.0, abs=1e-3)
+    assert rho["truth_power_share_in_band"] == pytest.approx(0.01, rel=0.05)  # 0.1^2 / 1
+    # A 10% amplitude error of the slow wave: steady along the rollout, outside the band.
+    q = out["Delta_Q"]
+    assert q["rmse_over_std_per_window"] == pytest.approx([0.1] * 4, rel=0.1)
+    assert q["error_power_share_in_band"] < 1e-3
