@@ -44,7 +44,8 @@ def statistics(dataset_dir: str | Path, window: int, power_steps: int, lags: Seq
            "rms_delta_Q_last": float(np.sqrt((dq[:, -window:] ** 2).mean())),
            "power_share_pi_minus_2pi_over_L": float(power[-2] / power.sum()),
            "power_share_pi": float(power[-1] / power.sum()),
-           "A_Q": dict(zip(lags, metrics.autocorrelation(dq, max_lag)[list(lags)])),
+           "A_Q": {lag: float(a) for lag, a in
+                   zip(lags, metrics.autocorrelation(dq, max_lag)[list(lags)])},
            "sampling_floor": [metrics.autocorrelation_sampling_floor(x, max_lag)
                               for x in (dr, dq)]}
     pooled = np.concatenate([dq, split_order_parameters(dataset_dir, "train")[1]])
