@@ -1,0 +1,22 @@
+"""Tolerances for comparing two float32 evaluations of the same model, derived from float32.
+
+Two runs of one model may use different kernels: XLA's or TensorFlow's, chosen by batch
+size, graph or eager mode, and the CPU's vector width and FMA. They differ only in the
+order of float32 sums, and rounding is all that separates their results.
+"""
+import numpy as np
+
+EPS32 = float(np.finfo(np.float32).eps)  # 2^-23: one float32 unit relative to a value
+# A 3x3 convolution over C <= 32 channels sums K = 9 C <= 288 products; reordering such a
+# sum moves it by about sqrt(K) <= 17 units of the terms' magnitude, a step chains four
+# convolutions (input, the residual block, output) and the increment they produce is a
+# small difference of larger activations. 2^7 units of the state's scale per step holds
+# that with room; a different model (one changed weight) moves a step by orders more.
+KERNEL_ULPS = 2 ** 7
+
+
+def kernel_tolerance(scale: float, steps: int = 1) -> float:
+    """The largest |a - b| of a float32 model's results over `steps` steps of a rollout
+    that does not amplify errors (short, non-chaotic) when only its kernels differ: each
+    step adds KERNEL_ULPS units of the values' scale."""
+    return KERNEL_ULPS * EPS32 * scale * steps
