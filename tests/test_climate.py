@@ -197,6 +197,17 @@ def test_valid_time_is_when_the_forecast_departs():
     np.testing.assert_allclose(both, np.sqrt(2.0), rtol=1e-12)
 
 
+def test_reference_valid_time_is_where_the_ensemble_fans_out():
+    # Six trajectories share a sinusoid, then from column 20 on sit at +-3 alternately: each
+    # forecasts its neighbour within the threshold until then, and misses by 6 (about 2.6
+    # of the truth's spread) after.
+    t = np.arange(50)
+    truth = np.tile(np.sin(0.3 * t), (6, 1))
+    truth[:, 20:] += 3.0 * np.array([1, -1, 1, -1, 1, -1])[:, None]
+    out = climate.climate_metrics({"Delta_Q": truth}, {"Delta_Q": truth}, 2.0, draws=3)
+    assert out["valid_time"]["reference_median"] == pytest.approx((20 + 1) * 2.0)
+
+
 def test_climate_figures_are_written(tmp_path):
     x = noisy_series(n=4, length=64)
     prediction = x + 0.1

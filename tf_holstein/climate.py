@@ -304,7 +304,9 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
     kept: bool [n], the non-diverged trajectories (default all). The distances compare every
     truth trajectory with the kept predictions and come with their sampling floors; the valid
     time counts every trajectory (a diverged one is invalid from its divergence at the
-    latest), `median` that of all names' errors together. Q_truth, Q_prediction [n, T, L]
+    latest), `median` that of all names' errors together, `reference_median` that of each
+    truth trajectory forecast by the next one (no skill beyond the ensemble's shared start:
+    a model should beat it). Q_truth, Q_prediction [n, T, L]
     add the structure factor of Q. Returns {'distribution': {name: {wasserstein_1,
     sampling_floor, histogram}}, 'spectrum': {name: {relative_error, sampling_floor,
     frequency, truth, prediction}, 'structure_factor': {...}}, 'valid_time': {median,
@@ -333,9 +335,12 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
     stacked = [np.stack([np.asarray(s[name], np.float64) for name in names], axis=-1)
                for s in (truth, prediction)]
     combined = valid_time(*stacked, time_step, threshold, first_step, kept)
-    out["valid_time"] = {**combined, **{name: valid_time(truth[name], prediction[name],
-                                                         time_step, threshold, first_step,
-                                                         kept) for name in names}}
+    # Another truth trajectory as the forecast: what the shared start alone gives.
+    reference = valid_time(stacked[0], np.roll(stacked[0], 1, axis=0), time_step, threshold,
+                           first_step)["median"] if n > 1 else None
+    out["valid_time"] = {**combined, "reference_median": reference,
+                         **{name: valid_time(truth[name], prediction[name], time_step,
+                                             threshold, first_step, kept) for name in names}}
     return out
 
 

@@ -36,7 +36,7 @@ def distribution_figure(distribution: Mapping[str, Mapping[str, Any]]) -> plt.Fi
         ax.set_xlabel(SYMBOLS.get(name, name))
         ax.set_title(_score(entry, "wasserstein_1", "W1"), fontsize=9)
     axes[0, 0].set_ylabel("density (pooled over time and ensemble)")
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -57,7 +57,7 @@ def spectrum_figure(spectrum: Mapping[str, Mapping[str, Any]]) -> plt.Figure:
         ax.set_ylabel(SYMBOLS.get(name, name) if "k" in entry else
                       f"power of {SYMBOLS.get(name, name)}")
         ax.set_title(_score(entry, "relative_error", "relative L1 error"), fontsize=9)
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -79,7 +79,7 @@ def lyapunov_figure(results: Mapping[str, Mapping[str, Any] | None]) -> plt.Figu
         ax.plot(t, result["mean"] * t, color=color, lw=0.8, ls=":")
     ax.set_xlabel("time after the transient (hbar / t)")
     ax.set_ylabel("log(d / d0) of twin trajectories")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -104,7 +104,7 @@ def valid_time_figure(valid_time: Mapping[str, Any]) -> plt.Figure:
         ax.set_yscale("log")
         ax.set_xlabel("time (hbar / t)")
         ax.set_title(SYMBOLS.get(name, r"$\Delta_\rho$ and $\Delta_Q$"), fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(loc="lower right", fontsize=7)
     axes[0, 0].set_ylabel("|prediction - truth| / std(truth)")
     fig.tight_layout()
     return fig
