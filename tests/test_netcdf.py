@@ -44,6 +44,10 @@ def test_a_split_exports_equal_to_its_records(exported, smoke_dataset):
         np.testing.assert_allclose(ds.mid_time[0], config["save_interval"] // 2 * config["dt"])
         assert ds.attrs["g_f"] == config["g_f"] and ds.attrs["split"] == "test"
         assert json.loads(ds.attrs["meta_json"]) == meta
+    small = exported.with_name("no_mid.nc")
+    netcdf.main(["--data", str(smoke_dataset), "--out", str(small), "--no_mid"])
+    with xr.open_dataset(small) as ds:
+        assert "mid_time" not in ds.sizes and "mid_Q" not in ds and "Q" in ds
 
 
 def test_the_file_opens_without_tensorflow(exported):
