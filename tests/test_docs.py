@@ -155,3 +155,14 @@ def test_error_spectrum_finds_an_unreproduced_jitter(monkeypatch, tmp_path):
     q = out["Delta_Q"]
     assert q["rmse_over_std_per_window"] == pytest.approx([0.1] * 4, rel=0.1)
     assert q["error_power_share_in_band"] < 1e-3
+
+
+def test_propagator_reach_is_local_at_no_time_and_spreads_with_it(monkeypatch):
+    reach = load_script("propagator_reach", monkeypatch)
+    np.testing.assert_allclose(reach.propagator_share(8, 0.0, 2), [1.0, 1.0, 1.0], atol=1e-12)
+    short, long = reach.propagator_share(32, 0.64, 9), reach.propagator_share(32, 2.56, 9)
+    assert np.all(np.diff(long) >= -1e-12) and long[-1] == pytest.approx(1.0, abs=1e-3)
+    assert short[3] > 0.99 > 0.5 > long[3]  # the shallow and the deep quench's saved steps
+    assert [reach.receptive_radius(3, n) for n in (1, 2, 4)] == [3, 5, 9]
+    out = reach.main(["--config", "smoke_deep", "--max_radius", "3"])
+    assert out["smoke_deep"]["shares"].shape == (4,)
