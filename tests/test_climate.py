@@ -92,6 +92,22 @@ def test_a_sinusoid_peaks_at_its_frequency_with_its_variance():
     assert total == pytest.approx(amplitude ** 2 / 2, rel=0.02)
 
 
+def test_welch_segments_average_white_noise_to_its_level():
+    sigma, time_step = 0.3, 0.64
+    x = sigma * np.random.default_rng(2).normal(size=(4, 4096))
+    level = 2 * sigma ** 2 * time_step  # one-sided density of white noise
+    whole = climate.power_spectrum(x, time_step)[1][1:-1]
+    frequency, welch = climate.power_spectrum(x, time_step, segment=256)
+    assert frequency.shape == (129,) and frequency[1] == pytest.approx(1 / (256 * time_step))
+    assert np.mean(welch[1:-1]) == pytest.approx(level, rel=0.03)
+    # A periodogram bin scatters by 100% (chi-square, 2 degrees of freedom); averaging four
+    # series leaves 50%, and 31 half-overlapping segments each cut it about 5-fold more.
+    assert np.std(whole) / np.mean(whole) > 0.4
+    assert np.std(welch[1:-1]) / level < 0.15
+    with pytest.raises(ValueError, match="segment must lie in 2..4096"):
+        climate.periodograms(x, time_step, segment=5000)
+
+
 def test_structure_factor_of_a_cdw_sits_at_pi():
     L, amplitude = 8, 0.2
     Q = amplitude * np.tile(physics.stagger(L).numpy(), (3, 5, 1))

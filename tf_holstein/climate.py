@@ -26,6 +26,11 @@ from tf_holstein import metrics
 VALID_TIME_THRESHOLD = 0.5  # normalised error at which a forecast stops being valid
 FLOOR_DRAWS = 200  # bootstrap pairs per sampling floor
 HISTOGRAM_BINS = 60
+# Steps per Welch segment of the time spectra. On 16 deep-quench trajectories at L = 32
+# (1000 steps of 2.56) the spectrum's sampling floor is 0.25 from whole series, 0.10 from
+# segments of 256 steps, 0.07 from 128; 256 still resolves the main peak near 0.003 per
+# hbar/t (grid 0.0015).
+SPECTRUM_SEGMENT = 256
 # Initial twin separation relative to the state's norm. In float64 (the exact simulator)
 # rounding is 1e-16 relative, 8 orders below. A float32 model rounds every state it reads
 # and writes by ~6e-8 relative: the twins' separation must stay far above that noise, so
@@ -83,28 +88,40 @@ def pooled_histograms(truth: np.ndarray, prediction: np.ndarray | None,
 
 
 # -- spectra ----------------------------------------------------------------------------------
-def periodograms(x: np.ndarray, time_step: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each series' one-sided power spectral density, Hann-windowed, its own mean removed.
+def periodograms(x: np.ndarray, time_step: float, segment: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each series' one-sided power spectral density, Hann-windowed, mean removed (Welch).
 
-    x: float [n, T] sampled every time_step (hbar/t). Returns the frequencies f_k = k / (T
-    time_step), k = 0..T//2, in cycles per hbar/t [T//2 + 1], and the spectra [n, T//2 + 1]
-    in x's units squared times hbar/t: S_k = c_k time_step |sum_t w_t (x_t - <x>) e^{-2 pi i
-    k t / T}|^2 / sum_t w_t^2, c_k = 2 except at k = 0 and the Nyquist frequency (1). The
-    integral sum_k S_k / (T time_step) is then the window-weighted variance of the series.
+    x: float [n, T] sampled every time_step (hbar/t). Each series is cut into pieces of
+    `segment` steps (default T: the whole series) overlapping by half; the periodogram of a
+    piece y of length M is S_k = c_k time_step |sum_t w_t (y_t - <y>) e^{-2 pi i k t / M}|^2
+    / sum_t w_t^2, c_k = 2 except at k = 0 and the Nyquist frequency (1), and a series'
+    spectrum is the mean over its pieces: about T / segment times less variance per
+    frequency, on a grid 1 / (segment time_step) coarser. Returns the frequencies
+    f_k = k / (M time_step), k = 0..M//2, in cycles per hbar/t [M//2 + 1], and the spectra
+    [n, M//2 + 1] in x's units squared times hbar/t. White noise of variance s^2 has
+    S_k = 2 s^2 time_step; the integral sum_k S_k / (M time_step) is the window-weighted
+    variance of the series.
     """
     x = np.asarray(x, np.float64)
-    length = x.shape[-1]
+    length = x.shape[-1] if segment is None else int(segment)
+    if not 2 <= length <= x.shape[-1]:
+        raise ValueError(f"segment must lie in 2..{x.shape[-1]} (the series' length), got "
+                         f"{segment}")
+    pieces = np.stack([x[..., s:s + length]
+                       for s in range(0, x.shape[-1] - length + 1, length // 2)], axis=-2)
     window = np.hanning(length)
-    transform = np.fft.rfft(window * (x - x.mean(axis=-1, keepdims=True)), axis=-1)
+    transform = np.fft.rfft(window * (pieces - pieces.mean(axis=-1, keepdims=True)), axis=-1)
     spectra = np.abs(transform) ** 2 * time_step / np.sum(window ** 2)
     spectra[..., 1:(length + 1) // 2] *= 2.0  # the negative frequencies' share
-    return np.fft.rfftfreq(length, time_step), spectra
+    return np.fft.rfftfreq(length, time_step), spectra.mean(axis=-2)
 
 
-def power_spectrum(x: np.ndarray, time_step: float) -> tuple[np.ndarray, np.ndarray]:
+def power_spectrum(x: np.ndarray, time_step: float, segment: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The ensemble-averaged time power spectrum of an order parameter x float [n, T]:
-    frequencies [T//2 + 1] (cycles per hbar/t) and the mean of `periodograms` [T//2 + 1]."""
-    frequency, spectra = periodograms(x, time_step)
+    frequencies (cycles per hbar/t) and the mean of `periodograms` [segment//2 + 1]."""
+    frequency, spectra = periodograms(x, time_step, segment)
     return frequency, spectra.mean(axis=0)
 
 
@@ -297,11 +314,13 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
                     time_step: float, *, kept: np.ndarray | None = None,
                     Q_truth: np.ndarray | None = None, Q_prediction: np.ndarray | None = None,
                     threshold: float = VALID_TIME_THRESHOLD, first_step: int = 1,
-                    draws: int = FLOOR_DRAWS, seed: int = 0) -> dict[str, Any]:
+                    segment: int = SPECTRUM_SEGMENT, draws: int = FLOOR_DRAWS, seed: int = 0
+                    ) -> dict[str, Any]:
     """The climate statistics of paired order-parameter series, as metrics.json holds them.
 
     truth, prediction: {name: float [n, T]} (e.g. Delta_rho, Delta_Q of steps first_step..);
-    kept: bool [n], the non-diverged trajectories (default all). The distances compare every
+    kept: bool [n], the non-diverged trajectories (default all). Time spectra are Welch's
+    over `segment` steps (`periodograms`). The distances compare every
     truth trajectory with the kept predictions and come with their sampling floors; the valid
     time counts every trajectory (a diverged one is invalid from its divergence at the
     latest), `median` that of all names' errors together, `reference_median` that of each
@@ -323,8 +342,9 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
             "wasserstein_1": wasserstein_1(x, y) if some else None,
             "sampling_floor": bootstrap_floor(x, wasserstein_1, draws, seed),
             "histogram": pooled_histograms(x, y if some else None)}
-        frequency, spectra = periodograms(x, time_step)
-        predicted = power_spectrum(y, time_step)[1] if some else None
+        pieces = min(segment, x.shape[1])
+        frequency, spectra = periodograms(x, time_step, pieces)
+        predicted = power_spectrum(y, time_step, pieces)[1] if some else None
         out["spectrum"][name] = _spectrum_entry(spectra, predicted, draws, seed,
                                                 frequency=frequency)
     if Q_truth is not None and Q_prediction is not None:

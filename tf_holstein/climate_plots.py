@@ -85,8 +85,9 @@ def lyapunov_figure(results: Mapping[str, Mapping[str, Any] | None]) -> plt.Figu
 
 
 def valid_time_figure(valid_time: Mapping[str, Any]) -> plt.Figure:
-    """The normalised error's ensemble bands against time, with the threshold and the median
-    valid time: `climate_metrics`'s 'valid_time' (all names together, then each)."""
+    """The normalised error's ensemble bands against time, with the threshold, the median
+    valid time and that of the reference forecast (another truth trajectory), if given:
+    `climate_metrics`'s 'valid_time' (all names together, then each)."""
     panels = {"both": valid_time, **{name: entry for name, entry in valid_time.items()
                                     if isinstance(entry, Mapping) and "bands" in entry}}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False,
@@ -101,6 +102,10 @@ def valid_time_figure(valid_time: Mapping[str, Any]) -> plt.Figure:
         ax.axhline(entry["threshold"], color="gray", lw=0.8, ls="--", label="threshold")
         ax.axvline(entry["median"], color="black", lw=0.8, ls=":",
                    label=f"median valid time {entry['median']:.3g}")
+        if entry.get("reference_median") is not None:
+            ax.axvline(entry["reference_median"], color="tab:blue", lw=0.8, ls=":",
+                       label=f"another truth trajectory's {entry['reference_median']:.3g}")
+        ax.set_xscale("log")  # the growth early on and the saturation after
         ax.set_yscale("log")
         ax.set_xlabel("time (hbar / t)")
         ax.set_title(SYMBOLS.get(name, r"$\Delta_\rho$ and $\Delta_Q$"), fontsize=9)
