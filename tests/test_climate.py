@@ -21,10 +21,12 @@ def noisy_series(n=12, length=256, seed=0):
 
 def test_identical_ensembles_score_zero_on_every_distance():
     x = noisy_series()
-    Q = np.random.default_rng(1).normal(size=(len(x), 30, 8))
+    k, factors = climate.structure_factor(np.random.default_rng(1).normal(size=(len(x), 30, 8)))
+    factors = factors.mean(axis=1)
     out = climate.climate_metrics({"Delta_rho": x, "Delta_Q": 2 * x}, {"Delta_rho": x,
                                                                        "Delta_Q": 2 * x},
-                                  0.64, Q_truth=Q, Q_prediction=Q, draws=5)
+                                  0.64, structure_factors={"truth": factors,
+                                                           "prediction": factors}, draws=5)
     for name in ("Delta_rho", "Delta_Q"):
         assert out["distribution"][name]["wasserstein_1"] == 0.0
         assert out["spectrum"][name]["relative_error"] == 0.0
@@ -32,6 +34,7 @@ def test_identical_ensembles_score_zero_on_every_distance():
         assert out["valid_time"][name]["median"] == pytest.approx(256 * 0.64)
         assert out["valid_time"][name]["n_censored"] == len(x)
     assert out["spectrum"]["structure_factor"]["relative_error"] == 0.0
+    np.testing.assert_allclose(out["spectrum"]["structure_factor"]["k"], k)
     assert out["valid_time"]["median"] == pytest.approx(256 * 0.64)
 
 
@@ -112,6 +115,7 @@ def test_structure_factor_of_a_cdw_sits_at_pi():
     L, amplitude = 8, 0.2
     Q = amplitude * np.tile(physics.stagger(L).numpy(), (3, 5, 1))
     k, factor = climate.structure_factor(Q)
+    factor = factor.mean(axis=(0, 1))  # over trajectories and time
     assert k[-1] == pytest.approx(np.pi)
     # |sum_j A (-1)^(j+1) e^{-i pi j}|^2 / L = L A^2; every other k vanishes.
     np.testing.assert_allclose(factor, [0, 0, 0, 0, L * amplitude ** 2], atol=1e-12)
@@ -229,8 +233,9 @@ def test_climate_figures_are_written(tmp_path):
     prediction = x + 0.1
     out = climate.climate_metrics({"Delta_rho": x, "Delta_Q": x}, {"Delta_rho": prediction,
                                                                    "Delta_Q": prediction},
-                                  2.56, Q_truth=np.ones((4, 3, 8)),
-                                  Q_prediction=np.ones((4, 3, 8)), draws=3,
+                                  2.56, structure_factors={"truth": np.ones((4, 5)),
+                                                           "prediction": np.ones((4, 5))},
+                                  draws=3,
                                   kept=np.array([True, True, True, False]))
     assert out["distribution"]["Delta_Q"]["wasserstein_1"] > 0
     lyapunov = climate.largest_lyapunov(upper_triangular_flow((0.1, -0.1), 0.0, 1.0),

@@ -125,20 +125,18 @@ def power_spectrum(x: np.ndarray, time_step: float, segment: int | None = None
     return frequency, spectra.mean(axis=0)
 
 
-def structure_factors(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each trajectory's static structure factor of Q float [n, T, L], averaged over time:
-    wave numbers k = 2 pi m / L, m = 0..L/2 [L/2 + 1], and S(k) = |sum_j Q_j e^{-i k j}|^2 / L
-    [n, L/2 + 1] (S(-k) = S(k) for real Q). The CDW is the peak at k = pi."""
+def structure_factor(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The static structure factor of each state's displacements Q float [..., L]: wave
+    numbers k = 2 pi m / L, m = 0..L/2 [L/2 + 1], and S(k) = |sum_j Q_j e^{-i k j}|^2 / L
+    [..., L/2 + 1] (S(-k) = S(k) for real Q; the CDW is the peak at k = pi). Averaged over a
+    trajectory's steps it is per state so that a streamed rollout can accumulate it."""
     Q = np.asarray(Q, np.float64)
     L = Q.shape[-1]
-    power = np.abs(np.fft.rfft(Q, axis=-1)) ** 2 / L
-    return 2 * np.pi * np.arange(L // 2 + 1) / L, power.mean(axis=1)
+    return _wave_numbers(L), np.abs(np.fft.rfft(Q, axis=-1)) ** 2 / L
 
 
-def structure_factor(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """S(k) of Q float [n, T, L] averaged over time and ensemble: k [L/2 + 1], S [L/2 + 1]."""
-    k, per_trajectory = structure_factors(Q)
-    return k, per_trajectory.mean(axis=0)
+def _wave_numbers(L: int) -> np.ndarray:
+    return 2 * np.pi * np.arange(L // 2 + 1) / L
 
 
 def spectrum_relative_error(truth: np.ndarray, prediction: np.ndarray) -> float:
@@ -312,7 +310,7 @@ def _displaced(x: Mapping[str, np.ndarray], direction: Mapping[str, np.ndarray],
 # -- everything at once -----------------------------------------------------------------------
 def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np.ndarray],
                     time_step: float, *, kept: np.ndarray | None = None,
-                    Q_truth: np.ndarray | None = None, Q_prediction: np.ndarray | None = None,
+                    structure_factors: Mapping[str, np.ndarray] | None = None,
                     threshold: float = VALID_TIME_THRESHOLD, first_step: int = 1,
                     segment: int = SPECTRUM_SEGMENT, draws: int = FLOOR_DRAWS, seed: int = 0
                     ) -> dict[str, Any]:
@@ -320,16 +318,17 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
 
     truth, prediction: {name: float [n, T]} (e.g. Delta_rho, Delta_Q of steps first_step..);
     kept: bool [n], the non-diverged trajectories (default all). Time spectra are Welch's
-    over `segment` steps (`periodograms`). The distances compare every
-    truth trajectory with the kept predictions and come with their sampling floors; the valid
-    time counts every trajectory (a diverged one is invalid from its divergence at the
-    latest), `median` that of all names' errors together, `reference_median` that of each
-    truth trajectory forecast by the next one (no skill beyond the ensemble's shared start:
-    a model should beat it). Q_truth, Q_prediction [n, T, L]
-    add the structure factor of Q. Returns {'distribution': {name: {wasserstein_1,
-    sampling_floor, histogram}}, 'spectrum': {name: {relative_error, sampling_floor,
-    frequency, truth, prediction}, 'structure_factor': {...}}, 'valid_time': {median,
-    threshold, ..., name: {...}}}; entries of the prediction are None if nothing was kept.
+    over `segment` steps (`periodograms`). structure_factors: {'truth' | 'prediction':
+    [n, L/2 + 1]}, each trajectory's `structure_factor` averaged over its steps, adds S(k).
+    The distances compare every truth trajectory with the kept predictions and come with
+    their sampling floors. The valid time counts every trajectory (a diverged one is invalid
+    from its divergence at the latest): `median` of all names' errors together, and
+    `reference_median`, that of each truth trajectory forecast by the next one (no skill
+    beyond the ensemble's shared start: a model should beat it). Returns {'distribution':
+    {name: {wasserstein_1, sampling_floor, histogram}}, 'spectrum': {name: {relative_error,
+    sampling_floor, frequency, truth, prediction}, 'structure_factor': {..., k}},
+    'valid_time': {median, reference_median, threshold, ..., name: {...}}}; entries of the
+    prediction are None if nothing was kept.
     """
     names = list(truth)
     n = len(truth[names[0]])
@@ -347,9 +346,11 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
         predicted = power_spectrum(y, time_step, pieces)[1] if some else None
         out["spectrum"][name] = _spectrum_entry(spectra, predicted, draws, seed,
                                                 frequency=frequency)
-    if Q_truth is not None and Q_prediction is not None:
-        k, factors = structure_factors(Q_truth)
-        predicted = structure_factor(np.asarray(Q_prediction)[kept])[1] if kept.any() else None
+    if structure_factors is not None:
+        factors = np.asarray(structure_factors["truth"], np.float64)
+        k = _wave_numbers(2 * (factors.shape[-1] - 1))
+        predicted = np.asarray(structure_factors["prediction"])[kept].mean(axis=0) \
+            if kept.any() else None
         out["spectrum"]["structure_factor"] = _spectrum_entry(factors, predicted, draws, seed,
                                                               k=k)
     stacked = [np.stack([np.asarray(s[name], np.float64) for name in names], axis=-1)
