@@ -46,7 +46,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
