@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 
+from float32 import kernel_tolerance
 from tf_holstein import convert, models
 
 # The reference's published checkpoints are not part of this repository: a directory named
@@ -44,8 +45,11 @@ def test_reference_checkpoints_reproduce_the_fixtures(L):
     step = model.step(state)
     rollout = model.rollout(state, 50)
     for key in models.STATE_KEYS:
-        assert np.abs(step[key].numpy() - data[f"step1_{key}"]).max() < 1e-5, key
-        assert np.abs(rollout[key].numpy() - data[f"rollout50_{key}"]).max() < 1e-4, key
+        # PyTorch's kernels against TensorFlow's or XLA's: float32 summation order, step by
+        # step of the (regular) shallow quench; states of magnitude <= 1.
+        assert np.abs(step[key].numpy() - data[f"step1_{key}"]).max() <= kernel_tolerance(1.0), key
+        assert np.abs(rollout[key].numpy() - data[f"rollout50_{key}"]).max() <= \
+            kernel_tolerance(1.0, 50), key
     # The fixtures move: a model that did nothing would fail the tolerances above.
     assert np.abs(data["rollout50_Q"][:, -1] - data["Q"]).max() > 0.05
 
@@ -226,7 +230,7 @@ def test_command_writes_a_keras_model_that_reproduces_the_fixture(tmp_path):
     model = keras.saving.load_model(out)
     data = np.load(fixture)
     step = model.step({key: data[key] for key in models.STATE_KEYS})
-    assert np.abs(step["rho"].numpy() - data["step1_rho"]).max() < 1e-5
+    assert np.abs(step["rho"].numpy() - data["step1_rho"]).max() <= kernel_tolerance(1.0)
 
 
 def test_command_reports_what_is_wrong(tmp_path):
