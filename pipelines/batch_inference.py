@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ METADATA_ASSET = "tf_holstein.json"  # written beside the graph by tf_holstein.e
 SIGNATURE_INPUTS = {"rho_real", "rho_imag", "Q", "P", "n_steps"}
 STATE_FEATURES = {"rho": tf.complex64, "Q": tf.float32, "P": tf.float32}
 FLOAT_DTYPES = (np.float32, np.float64)
+SHARD_NAME = re.compile(r"^(train|val|test)-(\d{5})-of-\d{5}\.tfrecord$")  # a dataset's
 COMPLEX_DTYPES = (np.complex64, np.complex128)
 
 
@@ -129,6 +131,10 @@ def expand_inputs(paths: Sequence[str], split: str) -> list[Path]:
             shards = sorted(path.glob(f"{split}-*.tfrecord"))
             if not shards:
                 raise InputError(f"{path} holds no {split}-*.tfrecord shards")
+            expected = shard_sizes(path, split)
+            if expected is not None and len(expected) != len(shards):
+                raise InputError(f"{path} has {len(shards)} {split} shards, its meta.json "
+                                 f"lists {len(expected)}: the dataset is incomplete")
             files.extend(shards)
         elif not path.is_file():
             raise InputError(f"input {path} does not exist")
@@ -168,14 +174,39 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     return states
 
 
+def shard_sizes(directory: Path, split: str) -> list[int] | None:
+    """The trajectories each `split` shard of a tf-holstein dataset directory holds, by its
+    meta.json (None without one): shard_size each, the last one the rest."""
+    meta_file = directory / "meta.json"
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        n, size = meta["splits"][split]["num_trajectories"], meta["config"]["shard_size"]
+    except (ValueError, KeyError) as e:
+        raise InputError(f"{meta_file} is not a tf-holstein meta.json ({e})") from None
+    return [min(size, n - start) for start in range(0, n, size)]
+
+
+def _expected_records(path: Path) -> int | None:
+    """The trajectories a dataset shard (`test-00001-of-00004.tfrecord` beside a meta.json)
+    should hold; None for other files."""
+    match = SHARD_NAME.match(path.name)
+    sizes = shard_sizes(path.parent, match[1]) if match else None
+    return sizes[int(match[2])] if sizes and int(match[2]) < len(sizes) else None
+
+
 def read_tfrecords(paths: Sequence[Path], start_step: int) -> dict[str, np.ndarray]:
-    """The state at `start_step` of every trajectory record, in file order."""
+    """The state at `start_step` of every trajectory record, in file order; a dataset's
+    shard that holds other than the trajectories its meta.json implies is refused."""
     features = {**{key: tf.io.FixedLenFeature([], tf.string) for key in STATE_FEATURES},
                 "index": tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
     states: dict[str, list] = {key: [] for key in (*STATE_FEATURES, "index")}
     for path in paths:
+        count = 0
         try:
             for k, record in enumerate(tf.data.TFRecordDataset(str(path))):
+                count += 1
                 where = f"{path} record {k}"
                 try:
                     parsed = tf.io.parse_single_example(record, features)
@@ -196,8 +227,15 @@ def read_tfrecords(paths: Sequence[Path], start_step: int) -> dict[str, np.ndarr
                 index = int(parsed["index"])
                 states["index"].append(index if index >= 0 else len(states["index"]))
         except tf.errors.DataLossError as e:
-            raise InputError(f"{path} is not a readable TFRecord file: "
-                             f"{e.message.splitlines()[0]}") from None
+            reason = re.sub(r"\{\{[^}]*\}\}|\[Op:.*", "", e.message.splitlines()[0]).strip()
+            raise InputError(f"{path} is not a readable TFRecord file: {reason} (if it is a "
+                             f"dataset's shard, delete it and rerun the datagen command to "
+                             f"regenerate it)") from None
+        expected = _expected_records(path)
+        if expected is not None and count != expected:
+            raise InputError(f"{path} holds {count} trajectories, its dataset's meta.json "
+                             f"implies {expected}: the shard is damaged (delete it and rerun "
+                             f"the datagen command to regenerate it)")
     if not states["index"]:
         raise InputError(f"no records in {', '.join(str(p) for p in paths)}")
     shapes = {key: {a.shape for a in states[key]} for key in STATE_FEATURES}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from numpy_reference import numpy_rk4
 from tf_holstein import datagen, physics, records
@@ -120,6 +121,70 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert run_datagen(*args, "--data_dir", str(tmp_path / "clean")).wait() == 0
     assert shard_bytes(dataset) == shard_bytes(tmp_path / "clean" / "smoke_L8")
     assert len(shard_bytes(dataset)) == 8 and (dataset / records.META_FILE).exists()
+    assert not list(dataset.glob(".*.tmp")), "the rerun removes the killed run's temporaries"
+
+
+def copy_dataset(source, target):
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_a_shard_cut_at_a_record_boundary_is_regenerated(smoke_dataset, tmp_path):
+    """Cut to its first trajectory, a shard still reads cleanly: only its record count
+    against meta.json shows the loss. Readers refuse it; a datagen rerun redoes it."""
+    dataset = copy_dataset(smoke_dataset, tmp_path / SMOKE.dataset_name)
+    shard = dataset / records.shard_name("train", 1, 2)
+    first = next(iter(records.iterate_shard(shard)))
+    records.write_shard(shard, [records.encode_trajectory(first, int(first["index"]),
+                                                          int(first["phase"]))])
+    assert records.count_records(shard) == 1
+    with pytest.raises(IOError, match=r"train-00001-of-00002.tfrecord holds 1 trajectories, "
+                                      r"meta.json implies 2.*rerun the datagen command"):
+        records.load_split(dataset, "train")
+    datagen.generate(SMOKE, tmp_path, progress=False)
+    assert shard_bytes(dataset) == shard_bytes(smoke_dataset)
+
+
+@pytest.mark.parametrize("overrides", [{"dt": 2.0}, {"g_f": 1e6}])
+def test_an_unstable_integration_writes_nothing(tmp_path, overrides):
+    config = dataclasses.replace(SMOKE, n_val=0, n_test=0, **overrides)
+    with pytest.raises(ValueError, match=r"train-00000-of-00002.tfrecord: 2 of 2 trajectories "
+                                         r"became non-finite.*smaller --dt"):
+        datagen.generate(config, tmp_path, progress=False)
+    dataset = tmp_path / config.dataset_name
+    assert not list(dataset.glob("*.tfrecord")) and not (dataset / records.META_FILE).exists()
+
+
+def test_a_full_disk_is_reported_and_written_shards_stay(smoke_dataset, tmp_path, monkeypatch):
+    """A write that fails (here a writer that raises as TensorFlow does when the disk is
+    full) names the file; nothing partial remains and the rerun completes the dataset."""
+    class FullDisk:
+        def __init__(self, path):
+            self.path = path
+
+        def __enter__(self):
+            raise tf.errors.ResourceExhaustedError(None, None, f"{self.path}; No space left")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(records.tf.io, "TFRecordWriter", FullDisk)
+    with pytest.raises(IOError, match=r"cannot write .*train-00000-of-00002.tfrecord: .*No "
+                                      r"space left.*free space and rerun"):
+        datagen.generate(SMOKE, tmp_path, progress=False)
+    monkeypatch.undo()
+    dataset = tmp_path / SMOKE.dataset_name
+    assert not list(dataset.glob("*.tfrecord")) and not list(dataset.glob(".*.tmp"))
+    datagen.generate(SMOKE, tmp_path, progress=False)
+    assert shard_bytes(dataset) == shard_bytes(smoke_dataset)
+
+
+def test_non_finite_protocol_parameters_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"invalid data config: noise=inf must be finite"):
+        datagen.generate(dataclasses.replace(SMOKE, noise=float("inf")), tmp_path,
+                         progress=False)
 
 
 def test_refuses_a_directory_made_with_other_parameters(smoke_dataset):

@@ -1,5 +1,9 @@
 """TFRecord schema: bit-exact round trips, atomic writes, errors that name the file."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +120,37 @@ def test_scales_from_records_stream_the_split(tmp_path):
                                        for k in trajectories[0]}, 0.8)
     streamed = records.scales_from_records(tmp_path, "train", 0.8)
     assert streamed == pytest.approx(whole, rel=1e-12)
+
+
+def test_record_counts_come_from_the_headers_and_a_cut_record_is_named(tmp_path):
+    path = tmp_path / records.shard_name("train", 0, 1)
+    rng = np.random.default_rng(6)
+    records.write_shard(path, [records.encode_trajectory(random_trajectory(rng), i, 0)
+                               for i in range(3)])
+    assert records.count_records(path) == 3
+    records.check_record_count(path, 3)
+    with pytest.raises(IOError, match=r"train-00000-of-00001.tfrecord holds 3 trajectories, "
+                                      r"meta.json implies 4"):
+        records.check_record_count(path, 4)
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(IOError, match=r"corrupt or truncated TFRecord shard .*its last record "
+                                      r"is cut off"):
+        records.count_records(path)
+    assert records.shard_sizes(5, 2) == [2, 2, 1] and records.shard_sizes(0, 2) == []
+
+
+def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    mine = records.temporary_prefix("train-00000-of-00001.tfrecord")
+    host = mine.split("@")[1]
+    stale = tmp_path / mine.replace(f".{os.getpid()}@", f".{dead}@")
+    names = {"stale_file": f"{stale}abc.tmp", "stale_dir": f"{stale}def.tmp",
+             "live": f"{tmp_path / mine}ghi.tmp", "other_host": str(stale).replace(
+                 f"@{host}", "@elsewhere") + "jkl.tmp"}
+    for key, name in names.items():
+        Path(name).mkdir() if key == "stale_dir" else Path(name).write_bytes(b"partial")
+    removed = records.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(
+        Path(names[key]).name for key in ("stale_file", "stale_dir"))
+    assert Path(names["live"]).exists() and Path(names["other_host"]).exists()

@@ -7,6 +7,8 @@ imported together.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Sequence
 
 from absl import flags
@@ -43,3 +45,17 @@ def config_from_flags(sections: Sequence[str] | None = None) -> Config:
             raise ValueError(f"--{', --'.join(ignored)} do not apply to this command "
                              f"(it uses the {', '.join(sections)} settings)")
     return get_config(FLAGS.config, **overrides)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`, with a bad flag
+    reported in one line: an unknown one with the list of config fields."""
+    command = Path(argv[0]).stem
+    try:
+        return FLAGS(list(argv))
+    except flags.UnrecognizedFlagError as e:
+        fields = sorted(field for fields in _SECTIONS.values() for field in fields)
+        sys.exit(f"{command}: error: unknown flag --{e.flagname}; the config fields are "
+                 f"--{', --'.join(fields)} (--help lists every flag)")
+    except flags.Error as e:
+        sys.exit(f"{command}: error: {e}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from tf_holstein import cli, physics, records
 from tf_holstein.cli import FLAGS
@@ -98,8 +99,19 @@ def simulate_shard(config: DataConfig, job: ShardJob,
 
 def write_shard_job(config: DataConfig, job: ShardJob, dataset_dir: Path,
                     on_steps: Callable[[int], None] | None = None) -> None:
-    """Simulates and writes one shard with its statistics sidecar (both atomically)."""
+    """Simulates and writes one shard with its statistics sidecar (both atomically).
+
+    Refuses trajectories that left the finite numbers (an unstable integration): written,
+    they would count as data and their NaN would vanish from the scales (max(0, nan) = 0).
+    """
     arrays = simulate_shard(config, job, on_steps)
+    finite = np.all([np.isfinite(value).reshape(len(value), -1).all(axis=1)
+                     for value in arrays.values()], axis=0)
+    if not finite.all():
+        raise ValueError(f"{job.filename}: {int((~finite).sum())} of {len(finite)} "
+                         f"trajectories became non-finite: RK4 at dt={config.dt:g} is unstable "
+                         f"for this protocol (g_f={config.g_f:g}); choose a smaller --dt. "
+                         f"Nothing of this shard was written")
     phases = split_phases(config, job.split)
     records.write_json(dataset_dir / _stats_name(job.filename),
                        records.trajectory_scales(arrays, config.g_f))
@@ -139,7 +151,23 @@ def prepare_dataset_dir(config: DataConfig, data_dir: str | os.PathLike) -> Path
 
 
 def missing_jobs(config: DataConfig, dataset_dir: Path) -> list[ShardJob]:
-    return [job for job in plan_shards(config) if not (dataset_dir / job.filename).exists()]
+    """The shards still to write: absent, or holding other than their trajectories (damaged
+    after they were written; they are redone)."""
+    return [job for job in plan_shards(config) if not _written(dataset_dir, job)]
+
+
+def _written(dataset_dir: Path, job: ShardJob) -> bool:
+    path = dataset_dir / job.filename
+    if not path.exists():
+        return False
+    try:
+        whole = records.count_records(path) == job.stop - job.start
+    except IOError:
+        whole = False
+    if not whole:
+        logging.warning("%s does not hold its %d trajectories: regenerating it", path,
+                        job.stop - job.start)
+    return whole
 
 
 def merge(config: DataConfig, dataset_dir: str | os.PathLike) -> dict[str, Any]:
@@ -232,14 +260,19 @@ def generate(config: DataConfig, data_dir: str | os.PathLike, *, num_tasks: int 
     Returns the dataset directory. Idempotent: completed shards are not redone.
     """
     config.validate()
+    unbounded = [f"{name}={getattr(config, name)!r}" for name in ("dt", "g_i", "g_f", "noise")
+                 if not math.isfinite(getattr(config, name))]
+    if unbounded:
+        raise ValueError(f"invalid data config: {', '.join(unbounded)} must be finite")
     if num_tasks < 1 or not 0 <= task_index < num_tasks:
         raise ValueError(f"need num_tasks >= 1 and 0 <= task_index < num_tasks, got "
                          f"num_tasks={num_tasks}, task_index={task_index}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     dataset_dir = prepare_dataset_dir(config, data_dir)
+    records.remove_stale_temporaries(dataset_dir)
     jobs = [job for k, job in enumerate(plan_shards(config))
-            if k % num_tasks == task_index and not (dataset_dir / job.filename).exists()]
+            if k % num_tasks == task_index and not _written(dataset_dir, job)]
     bar = _Progress(jobs, config, progress)
     try:
         if workers == 1:
@@ -302,4 +335,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from tf_holstein import models, physics
+from tf_holstein import models, physics, records
 
 SIGNATURES = ("step", "rollout", "rollout_order_parameters")
 METADATA_ASSET = "tf_holstein.json"
@@ -40,7 +40,32 @@ _STEPS_SPEC = tf.TensorSpec([], tf.int32, name="n_steps")
 
 def _state(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
            ) -> dict[str, tf.Tensor]:
-    return {"rho": tf.complex(rho_real, rho_imag), "Q": Q, "P": P}
+    """The model's state from the serving inputs, which are checked first: a client gets an
+    InvalidArgumentError naming the input instead of a silently broadcast batch or NaN."""
+    shape_rho, shape_q = tf.shape(rho_real), tf.shape(Q)
+    checks = [
+        tf.debugging.assert_equal(shape_rho[1], shape_rho[2], message=(
+            "rho_real must be [B, L, L] (square per state)")),
+        tf.debugging.assert_equal(tf.shape(rho_imag), shape_rho, message=(
+            "rho_imag must have the shape of rho_real [B, L, L]")),
+        tf.debugging.assert_equal(tf.shape(P), shape_q,
+                                  message="P must have the shape of Q [B, L]"),
+        tf.debugging.assert_equal(shape_q, shape_rho[:2], message=(
+            "Q and P must be [B, L] with the batch size B and chain length L of rho")),
+        *(tf.debugging.assert_all_finite(value, f"{name} holds NaN or inf: the model needs a "
+                                                f"finite state")
+          for name, value in (("rho_real", rho_real), ("rho_imag", rho_imag), ("Q", Q),
+                              ("P", P)))]
+    with tf.control_dependencies(checks):
+        return {"rho": tf.complex(rho_real, rho_imag), "Q": tf.identity(Q),
+                "P": tf.identity(P)}
+
+
+def _checked_steps(n_steps: tf.Tensor) -> tf.Tensor:
+    """n_steps, after checking that it is at least 1."""
+    check = tf.debugging.assert_positive(n_steps, message="n_steps must be >= 1")
+    with tf.control_dependencies([check]):
+        return tf.identity(n_steps)
 
 
 def _outputs(state: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -71,11 +96,12 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
 
     def rollout(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor,
                 n_steps: tf.Tensor) -> dict[str, tf.Tensor]:
-        return _outputs(model.rollout(_state(rho_real, rho_imag, Q, P), n_steps))
+        return _outputs(model.rollout(_state(rho_real, rho_imag, Q, P),
+                                      _checked_steps(n_steps)))
 
     def rollout_order_parameters(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor,
                                  P: tf.Tensor, n_steps: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model.rollout(_state(rho_real, rho_imag, Q, P), n_steps,
+        return model.rollout(_state(rho_real, rho_imag, Q, P), _checked_steps(n_steps),
                              order_parameters_only=True)
 
     archive = keras.export.ExportArchive()
@@ -86,7 +112,9 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
                          input_signature=[*_STATE_SPEC, _STEPS_SPEC])
 
     saved_model = directory / "saved_model"
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".saved_model."))
+    records.remove_stale_temporaries(directory)  # what an interrupted export left
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=records.temporary_prefix(
+        "saved_model"), suffix=".tmp"))
     try:
         archive.write_out(str(staging), verbose=False)
         (staging / "assets").mkdir(exist_ok=True)
@@ -101,7 +129,7 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
         shutil.rmtree(staging, ignore_errors=True)
 
     keras_path = directory / "model.keras"
-    tmp = directory / f".{os.getpid()}.tmp.keras"
+    tmp = directory / f"{records.temporary_prefix('model')}tmp.keras"
     model.save(str(tmp))
     os.replace(tmp, keras_path)
     return saved_model

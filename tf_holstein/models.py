@@ -38,12 +38,7 @@ import tensorflow as tf
 
 from tf_holstein import physics
 from tf_holstein.layers import PreActResNet
-
-STATE_KEYS = ("rho", "Q", "P")
-# The reference's `data_scalars`: max |.| over the training split of the state, of its time
-# derivative at the mid-interval states (drho = max |d rho / dt|, ...) and of the one-step
-# increments (delta_rho = max |rho(t + dt) - rho(t)|, ...).
-SCALE_KEYS = ("rho", "Q", "P", "drho", "dQ", "dP", "delta_rho", "delta_Q", "delta_P")
+from tf_holstein.records import SCALE_KEYS, STATE_KEYS
 
 State = dict[str, tf.Tensor]
 # Inference rollouts of batch * L * L up to this run faster XLA-compiled; larger ones run

@@ -19,9 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import socket
+import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -34,12 +37,17 @@ META_FILE = "meta.json"
 STATE_KEYS = ("rho", "Q", "P")
 ARRAY_DTYPES = {"rho": tf.complex64, "Q": tf.float32, "P": tf.float32,
                 "mid_rho": tf.complex64, "mid_Q": tf.float32, "mid_P": tf.float32}
+# The reference's `data_scalars`: max |.| over the training split of the state, of its time
+# derivative at the mid-interval states (drho = max |d rho / dt|, ...) and of the one-step
+# increments (delta_rho = max |rho(t + dt) - rho(t)|, ...).
 SCALE_KEYS = ("rho", "Q", "P", "drho", "dQ", "dP", "delta_rho", "delta_Q", "delta_P")
 
 _FEATURES = {**{key: tf.io.FixedLenFeature([], tf.string) for key in ARRAY_DTYPES},
              "index": tf.io.FixedLenFeature([], tf.int64),
              "phase": tf.io.FixedLenFeature([], tf.int64)}
 _SHARD_PATTERN = re.compile(r"^(train|val|test)-(\d{5})-of-(\d{5})\.tfrecord$")
+# temporary_prefix's owner, followed by a random part or `tmp`.
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^.]+)\.(?:\w+\.)?tmp(?:\.|$)")
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -58,13 +66,52 @@ def list_shards(dataset_dir: str | os.PathLike, split: str) -> list[Path]:
 
 def complete_shards(dataset_dir: str | os.PathLike, split: str,
                     meta: Mapping[str, Any]) -> list[Path]:
-    """The shards of a split, checked against the count meta.json lists."""
+    """The shards of a split, checked against meta.json: as many as it lists, each holding
+    the trajectories it should (a shard cut at a record boundary would otherwise pass
+    for a smaller dataset)."""
     shards = list_shards(dataset_dir, split)
     expected = meta["splits"][split]["num_shards"]
     if len(shards) != expected:
         raise IOError(f"{dataset_dir} has {len(shards)} {split} shards, meta.json lists "
                       f"{expected}: the dataset is incomplete")
+    for path, count in zip(shards, shard_sizes(meta["splits"][split]["num_trajectories"],
+                                               meta["config"]["shard_size"])):
+        check_record_count(path, count)
     return shards
+
+
+def shard_sizes(num_trajectories: int, shard_size: int) -> list[int]:
+    """Trajectories in each shard of a split: `shard_size` each, the last one the rest."""
+    return [min(shard_size, num_trajectories - start)
+            for start in range(0, num_trajectories, shard_size)]
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """The records in a TFRecord file, counted from their length headers alone (each record
+    is an 8-byte length, a 4-byte CRC, the data and a 4-byte CRC): cheap for any size."""
+    path = Path(path)
+    size, offset, count = path.stat().st_size, 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            offset += 16 + struct.unpack("<Q", header)[0]
+            count += 1
+            f.seek(offset)
+    if offset != size:
+        raise IOError(f"corrupt or truncated TFRecord shard {path}: its last record is cut "
+                      f"off (delete it and rerun the datagen command to regenerate it)")
+    return count
+
+
+def check_record_count(path: str | os.PathLike, expected: int) -> None:
+    """IOError naming the shard and the fix unless it holds `expected` records."""
+    found = count_records(path)
+    if found != expected:
+        raise IOError(f"{path} holds {found} trajectories, meta.json implies {expected}: the "
+                      f"shard is damaged (delete it and rerun the datagen command to "
+                      f"regenerate it)")
 
 
 def encode_trajectory(arrays: Mapping[str, np.ndarray], index: int, phase: int) -> bytes:
@@ -97,37 +144,79 @@ def parse_trajectory(serialized: tf.Tensor, keys: Sequence[str] | None = None
     return out
 
 
+def temporary_prefix(name: str) -> str:
+    """The start of a temporary's name for `name`: hidden, and naming its owner (process
+    and host), so that a later run can remove what a killed one left behind."""
+    return f".{name}.{os.getpid()}@{_host()}."
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Removes the temporaries (`temporary_prefix`) in `directory` whose owner is a process
+    of this host that no longer runs; others' (live, or of another host) stay. Returns them."""
+    removed = []
+    for path in Path(directory).glob(".*"):
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] == _host() and not _alive(int(match["pid"])):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "-")  # no dots: the name stays parseable
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes a file under a temporary name in the same directory, then renames it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _write_atomically(Path(path), write)
 
 
 def write_shard(path: str | os.PathLike, examples: Iterable[bytes]) -> None:
     """Writes serialized Examples to a TFRecord file atomically (temporary name, fsync, rename).
 
-    A crash leaves at most a hidden `.NAME.*.tmp` file, never a partial shard
-    under its final name.
+    A crash leaves at most a hidden `.NAME.*.tmp` file (which the next run removes,
+    `remove_stale_temporaries`), never a partial shard under its final name.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         with tf.io.TFRecordWriter(tmp) as writer:
             for example in examples:
                 writer.write(example)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+
+    _write_atomically(Path(path), write)
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """write(tmp) fills a temporary beside `path`, which then replaces it; a failed write (a
+    full disk, say) removes the temporary and raises IOError naming the file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name),
+                               suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
         os.replace(tmp, path)
+    except (OSError, tf.errors.OpError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        reason = error_text(e) if isinstance(e, tf.errors.OpError) else e.strerror or str(e)
+        raise IOError(f"cannot write {path}: {reason} (files already written are intact: "
+                      f"free space and rerun the same command)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -153,14 +242,27 @@ def read_meta(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def iterate_shard(path: str | os.PathLike) -> Iterator[dict[str, np.ndarray]]:
-    """Yields the trajectories of one shard as NumPy dicts; a corrupt file is named."""
+def iterate_shard(path: str | os.PathLike, keys: Sequence[str] | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """Yields the trajectories of one shard as NumPy dicts (the arrays `keys` and `index`,
+    by default everything); a corrupt file is named."""
+    index = {"index": _FEATURES["index"]}
     try:
         for record in tf.data.TFRecordDataset(str(path)):
-            yield {k: v.numpy() for k, v in parse_trajectory(record).items()}
+            arrays = parse_trajectory(record, keys)
+            if keys is not None:
+                arrays["index"] = tf.io.parse_single_example(record, index)["index"]
+            yield {k: v.numpy() for k, v in arrays.items()}
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        raise IOError(f"corrupt or truncated TFRecord shard {path}: {e.message.splitlines()[0]} "
+        raise IOError(f"corrupt or truncated TFRecord shard {path}: {error_text(e)} "
                       f"(delete it and rerun the datagen command to regenerate it)") from None
+
+
+def error_text(error: tf.errors.OpError) -> str:
+    """A TensorFlow error's message as one line for a user: its first line without the
+    graph node and op names TensorFlow wraps around it."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]( name: \S*)?", "", error.message.splitlines()[0])
+    return " ".join(text.split())
 
 
 def load_split(dataset_dir: str | os.PathLike, split: str) -> dict[str, Any]:

@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tf_holstein import (cli, data, datagen, evaluate, export, losses, models, physics, plots,
-                         records)
+from tf_holstein import (cli, data, datagen, export, losses, metrics, models, plots, records,
+                         rollout)
 from tf_holstein.cli import FLAGS
 from tf_holstein.configs import Config, Stage
 from tf_holstein.schedules import StagedWarmupCosine
@@ -41,10 +41,10 @@ LOG_EVERY = 50  # optimizer steps between TensorBoard scalar writes
 EPOCH_LOG_KEYS = ("loss/total", "val_loss/total", "val_rollout/Delta_rho_rmse_over_std",
                   "val_rollout/Delta_Q_rmse_over_std", "val_rollout/autocorrelation_max_abs_diff",
                   "best")
-# Model selection metric per `select_by`; lower is better.
+# Model selection metric per `select_by`; lower is better. The rollout scores are
+# `metrics.selection_scores`, which `evaluate` reports as well.
 SELECTION_KEYS = {"rollout": "val_rollout/score", "loss": "val_loss/total",
                   "autocorrelation": "val_rollout/autocorrelation_max_abs_diff"}
-DIVERGED_FACTOR = 10.0  # a validation rollout beyond 10x the truth's largest |Delta| diverged
 
 
 def make_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
@@ -55,6 +55,32 @@ def make_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strateg
     if devices is None and not tf.config.list_logical_devices("GPU"):
         devices = ["/cpu:0"]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def check_against_dataset(config: Config, meta: Mapping[str, Any]) -> None:
+    """Refuses, before any work, training settings that cannot run on this dataset: a
+    stage whose windows are longer than the stored trajectories would wait forever for
+    its first batch, an empty training split has nothing to learn or scale by."""
+    train, T = config.train, meta["T"]
+    problems = []
+    if not meta["splits"]["train"]["num_trajectories"]:
+        problems.append(f"the dataset {meta['dataset']} has no training trajectories: "
+                        f"generate it with --n_train >= 1")
+    problems += [f"stage {stage} predicts n_step = {stage.n_step} steps, but the dataset's "
+                 f"trajectories hold {T}: use n_step <= {T}"
+                 for stage in train.stages if stage.n_step > T]
+    if not train.clip_norm > 0:
+        problems.append(f"clip_norm (the gradients' largest global norm) must be > 0, got "
+                        f"{train.clip_norm}")
+    if train.warmup_steps < 0:
+        problems.append(f"warmup_steps must be >= 0, got {train.warmup_steps}")
+    if train.val_batches < 1:
+        problems.append(f"val_batches must be >= 1, got {train.val_batches}")
+    if train.val_rollout_steps < 0:
+        problems.append(f"val_rollout_steps must be >= 0 (0: whole trajectories), got "
+                        f"{train.val_rollout_steps}")
+    if problems:
+        raise ValueError("cannot train: " + "; ".join(problems))
 
 
 def stage_epochs(stages: Sequence[Stage]) -> list[tuple[int, Stage]]:
@@ -71,6 +97,7 @@ class Trainer:
         self.dataset_dir = Path(dataset_dir)
         self.workdir = Path(workdir)
         self.meta = records.read_meta(self.dataset_dir)
+        check_against_dataset(config, self.meta)
         self.strategy = strategy or make_strategy()
         self.is_chief = _is_chief(self.strategy)
         train = config.train
@@ -243,37 +270,27 @@ class Trainer:
         return out
 
     def rollout_metrics(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Delta_rho and Delta_Q RMSE / std of rollouts from each validation trajectory's
-        first state (medians over trajectories), the largest difference of their
-        autocorrelations from the truth's (the climate of a chaotic quench), and the traces."""
+        """The validation split rolled out from each trajectory's first state and scored
+        as `evaluate` scores it (`metrics.compute_metrics`): the median Delta_rho and
+        Delta_Q RMSE / std (a diverged trajectory counting as infinite), the selection
+        scores `metrics.selection_scores`, and the order-parameter traces."""
         if self._val is None:
             return {}, {}
-        steps = self.config.train.val_rollout_steps or self.meta["T"]
-        steps = min(steps, self.meta["T"])
-        state = {key: self._val[key][:, 0] for key in records.STATE_KEYS}
-        predicted = self.model.rollout(state, steps, order_parameters_only=True)
-        true_rho, true_q = (np.asarray(x) for x in physics.order_parameters(
-            self._val["rho"][:, 1:steps + 1], self._val["Q"][:, 1:steps + 1]))
-        traces = {"true_Delta_rho": true_rho, "true_Delta_Q": true_q,
-                  "pred_Delta_rho": predicted["Delta_rho"].numpy(),
-                  "pred_Delta_Q": predicted["Delta_Q"].numpy()}
-        metrics, climate, lag = {}, 0.0, min(evaluate.MAX_LAG, steps - 1)
-        for name in ("Delta_rho", "Delta_Q"):
-            truth, pred = traces[f"true_{name}"], traces[f"pred_{name}"]
-            with np.errstate(invalid="ignore", over="ignore"):
-                score = np.sqrt(np.mean((pred - truth) ** 2, axis=1)) / np.std(truth, axis=1)
-            score[~np.isfinite(score)] = np.inf
-            metrics[f"val_rollout/{name}_rmse_over_std"] = float(np.median(score))
-            # A diverged rollout (non-finite, or far outside the truth's range) fails the
-            # climate test outright instead of dominating the ensemble's statistics.
-            if np.all(np.abs(pred) <= DIVERGED_FACTOR * np.abs(truth).max()):
-                climate = max(climate, float(np.max(np.abs(
-                    evaluate.autocorrelation(pred, lag) - evaluate.autocorrelation(truth, lag)))))
-            else:
-                climate = math.inf
-        metrics["val_rollout/score"] = sum(metrics.values())
-        metrics["val_rollout/autocorrelation_max_abs_diff"] = climate
-        return metrics, traces
+        steps = min(self.config.train.val_rollout_steps or self.meta["T"], self.meta["T"])
+        collected = rollout.against_truth(
+            rollout.keras_rollout(self.model), rollout.array_batches(self._val), steps,
+            self.meta["config"]["g_f"], metrics.divergence_limits(self.model.scales))
+        summary = metrics.compute_metrics(collected, self.meta["L"])["summary"]
+        scores = {f"val_rollout/{name}_rmse_over_std":
+                  summary[name]["median_rmse_over_std_counting_diverged"]
+                  for name in metrics.ORDER_PARAMETERS}
+        scores["val_rollout/score"] = summary["selection"]["rollout"]
+        scores["val_rollout/autocorrelation_max_abs_diff"] = \
+            summary["selection"]["autocorrelation"]
+        traces = {f"{prefix}_{name}": getattr(collected, source)[name]
+                  for prefix, source in (("true", "truth"), ("pred", "prediction"))
+                  for name in metrics.ORDER_PARAMETERS}
+        return scores, traces
 
     # -- the loop -----------------------------------------------------------------------
     def fit(self, progress: bool = True) -> dict[str, Any]:
@@ -329,24 +346,24 @@ class Trainer:
         the best model so far."""
         step = int(self.optimizer.iterations.numpy())
         with self.averaged_weights():
-            metrics = self.eval_losses(stage.n_step, self.config.train.val_batches)
-            rollout, traces = self.rollout_metrics()
-            metrics.update(rollout)
+            scores = self.eval_losses(stage.n_step, self.config.train.val_batches)
+            rollout_scores, traces = self.rollout_metrics()
+            scores.update(rollout_scores)
             key = SELECTION_KEYS[self.config.train.select_by]
-            if key in metrics and metrics[key] < float(self.best.numpy()):
-                self.best.assign(metrics[key])
+            if key in scores and scores[key] < float(self.best.numpy()):
+                self.best.assign(scores[key])
                 if self.is_chief:
                     _save_weights_atomically(self.model, self.workdir / "best.weights.h5")
                     records.write_json(self.workdir / "best.json",
                                        {"step": step, "epoch": int(self.epoch.numpy()) + 1,
-                                        key: metrics[key], **metrics})
-        metrics["best"] = float(self.best.numpy())
-        _write_scalars(writer, metrics, step)
+                                        key: scores[key], **scores})
+        scores["best"] = float(self.best.numpy())
+        _write_scalars(writer, scores, step)
         if traces:
             with writer.as_default(step=step):
                 tf.summary.image("val/order_parameters",
                                  plots.order_parameter_image(traces, trajectory=0)[None])
-        return metrics
+        return scores
 
 
 def _write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float],
@@ -357,7 +374,7 @@ def _write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float]
 
 
 def _save_weights_atomically(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{os.getpid()}.tmp.weights.h5")
+    tmp = path.with_name(f"{records.temporary_prefix(path.stem)}tmp.weights.h5")
     model.save_weights(str(tmp))
     os.replace(tmp, path)
 
@@ -379,6 +396,9 @@ def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
     """Creates the workdir, or checks that resuming continues the same experiment."""
     path = workdir / "config.json"
     current = _as_json(config)
+    if resume and not path.exists():
+        raise ValueError(f"--resume: {workdir} holds no run to continue (no config.json); "
+                         f"drop --resume to start one there")
     if path.exists():
         if not resume:
             raise ValueError(f"{workdir} already holds a run: pass --resume to continue it, or "
@@ -390,6 +410,7 @@ def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
     else:
         workdir.mkdir(parents=True, exist_ok=True)
         records.write_json(path, current)
+    records.remove_stale_temporaries(workdir)  # best weights a killed run was writing
 
 
 def _as_json(config: Any) -> dict[str, Any]:
@@ -419,6 +440,8 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
     # with another protocol rather than training on it.
     dataset_dir = datagen.generate(config.data, data_dir, progress=progress)
     timings["data_s"] = time.perf_counter() - tic
+    # Before the workdir is made: a corrected rerun then starts cleanly.
+    check_against_dataset(config, records.read_meta(dataset_dir))
     strategy = strategy or make_strategy()
     if _is_chief(strategy):
         prepare_workdir(config, workdir, resume)
@@ -439,6 +462,10 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
         tic = time.perf_counter()
         evaluation = None
         if trainer.meta["splits"]["test"]["num_trajectories"]:
+            # The experiment's last stage, downstream of training: training itself scores
+            # with metrics and rollout only.
+            from tf_holstein import evaluate
+
             evaluation = evaluate.headline(evaluate.evaluate(
                 workdir / "export", dataset_dir, split="test", out_dir=workdir / "eval-test",
                 progress=progress))
@@ -471,10 +498,12 @@ def main(argv: Sequence[str]) -> None:
                       progress=FLAGS.progress)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"train: error: {e}")
+    except tf.errors.OpError as e:  # e.g. a shard damaged inside a record, found mid-epoch
+        sys.exit(f"train: error: {records.error_text(e)}")
     if summary:
         print(json.dumps({"workdir": workdir, "timings": summary["timings"],
                           "best": summary["best"]}, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

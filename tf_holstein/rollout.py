@@ -1,0 +1,144 @@
+"""Rollouts of a model against stored truth, in chunks that feed back their last state.
+
+One loop for evaluation and for training's validation, so that both score the same
+rollout: each chunk's last predicted state is the next chunk's input, so memory stays
+O(batch * chunk * L^2) however long the rollout, and only per-step scalars
+(`metrics.state_statistics`, errors, divergence) and a few snapshot states are kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from tf_holstein import metrics, records
+
+State = dict[str, np.ndarray]
+# rollout(state, n_steps): state {'rho': complex64 [B, L, L], 'Q', 'P': float32 [B, L]} ->
+# the states after steps 1..n_steps as NumPy, [B, n_steps, ...].
+RolloutFn = Callable[[Mapping[str, np.ndarray], int], State]
+
+BATCH_SIZE = 32  # trajectories rolled out together
+CHUNK = 100  # steps per rollout call (bounds memory)
+
+
+def keras_rollout(model: Any) -> RolloutFn:
+    """A `HolsteinModel`'s in-process rollout behind the RolloutFn interface."""
+    def rollout(state: Mapping[str, np.ndarray], n_steps: int) -> State:
+        out = model.rollout({key: state[key] for key in records.STATE_KEYS}, n_steps)
+        return {key: np.asarray(value) for key, value in out.items()}
+
+    return rollout
+
+
+def array_batches(arrays: Mapping[str, np.ndarray], batch_size: int = BATCH_SIZE
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """Trajectories held in memory (`records.load_split`) in batches as `against_truth`
+    takes them: `rho`, `Q`, `P` [B, T+1, ...] and `index` [B]."""
+    n = len(arrays["index"])
+    for start in range(0, n, batch_size):
+        yield {key: arrays[key][start:start + batch_size]
+               for key in (*records.STATE_KEYS, "index")}
+
+
+@dataclasses.dataclass
+class Collected:
+    """What a streamed rollout keeps: per-step scalars [N, steps] for steps 1..steps, the
+    initial values [N], the first diverged step per trajectory, and snapshot states."""
+
+    index: np.ndarray  # [N] trajectory numbers within the split
+    initial: dict[str, np.ndarray]  # state_statistics of the initial states, each [N]
+    truth: dict[str, np.ndarray]  # state_statistics of the stored states, each [N, steps]
+    prediction: dict[str, np.ndarray]  # state_statistics of the predicted states
+    mse: dict[str, np.ndarray]  # mean squared error over sites of rho, Q, P, each [N, steps]
+    first_diverged: np.ndarray  # [N] first step out of range, 0 if never
+    snapshots: dict[str, dict[str, np.ndarray]]  # {'truth'|'prediction': state [S, ...]}
+    seconds: float  # wall time of the model's rollouts
+
+
+def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]],
+                  steps: int, g: float, limits: Mapping[str, float], *, chunk: int = CHUNK,
+                  snapshot_trajectory: int = 0, snapshot_steps: Sequence[int] = (),
+                  progress: Callable[[int], None] | None = None) -> Collected:
+    """Rolls every batch out for `steps` steps in chunks, comparing with its truth.
+
+    batches: `rho`, `Q`, `P` [B, T+1, ...] and `index` [B] each (`array_batches`,
+    `evaluate.truth_batches`); limits: `metrics.divergence_limits`. Each chunk's last
+    predicted state is fed back as the next chunk's input, so memory is
+    O(batch * chunk * L^2) however long the rollout; chunking does not change the result.
+    progress(n) is called with the sample-steps done.
+    """
+    parts: dict[str, list] = {}
+    snapshots = {"truth": [], "prediction": []}
+    offset, seconds = 0, 0.0
+    for batch in batches:
+        size = batch["rho"].shape[0]
+        truth = {key: batch[key][:, :steps + 1] for key in records.STATE_KEYS}
+        state = {key: value[:, 0] for key, value in truth.items()}
+        rows: dict[str, list] = {"truth": [], "prediction": [], "bad": [],
+                                 **{f"mse_{key}": [] for key in records.STATE_KEYS}}
+        local = snapshot_trajectory - offset
+        keep_snapshots = 0 <= local < size
+        if keep_snapshots and 0 in snapshot_steps:
+            for source in snapshots.values():
+                source.append({key: value[local] for key, value in state.items()})
+        for start in range(0, steps, chunk):
+            n = min(chunk, steps - start)
+            tic = time.perf_counter()
+            predicted = rollout(state, n)  # [B, n, ...]
+            seconds += time.perf_counter() - tic
+            window = {key: value[:, start + 1:start + n + 1] for key, value in truth.items()}
+            rows["truth"].append(metrics.state_statistics(window["rho"], window["Q"],
+                                                          window["P"], g))
+            rows["prediction"].append(metrics.state_statistics(
+                predicted["rho"], predicted["Q"], predicted["P"], g))
+            rows["bad"].append(metrics.out_of_range(predicted, limits))
+            with np.errstate(over="ignore", invalid="ignore"):
+                for key in records.STATE_KEYS:
+                    error = np.abs(predicted[key].astype(np.complex128 if key == "rho"
+                                                         else np.float64) - window[key]) ** 2
+                    rows[f"mse_{key}"].append(error.mean(axis=(-2, -1) if key == "rho"
+                                                         else -1))
+            if keep_snapshots:
+                for step in snapshot_steps:
+                    if start < step <= start + n:
+                        snapshots["truth"].append({k: v[local, step - start - 1]
+                                                   for k, v in window.items()})
+                        snapshots["prediction"].append({k: v[local, step - start - 1]
+                                                        for k, v in predicted.items()})
+            state = {key: value[:, -1] for key, value in predicted.items()}
+            if progress:
+                progress(size * n)
+        _append(parts, "initial", metrics.state_statistics(
+            truth["rho"][:, 0], truth["Q"][:, 0], truth["P"][:, 0], g))
+        for source in ("truth", "prediction"):
+            _append(parts, source, {key: np.concatenate([r[key] for r in rows[source]], axis=1)
+                                    for key in rows[source][0]})
+        bad = np.concatenate(rows["bad"], axis=1)
+        _append(parts, "first_diverged", np.where(bad.any(axis=1), bad.argmax(axis=1) + 1, 0))
+        _append(parts, "mse", {key: np.concatenate(rows[f"mse_{key}"], axis=1)
+                               for key in records.STATE_KEYS})
+        _append(parts, "index", batch["index"])
+        offset += size
+    if not offset:
+        raise ValueError("no trajectories to evaluate")
+    merged = {name: _concatenate(values) for name, values in parts.items()}
+    return Collected(index=merged["index"], initial=merged["initial"], truth=merged["truth"],
+                     prediction=merged["prediction"], mse=merged["mse"],
+                     first_diverged=merged["first_diverged"],
+                     snapshots={source: {key: np.stack([s[key] for s in states])
+                                         for key in records.STATE_KEYS} if states else {}
+                                for source, states in snapshots.items()},
+                     seconds=seconds)
+
+
+def _append(parts: dict[str, list], name: str, value: Any) -> None:
+    parts.setdefault(name, []).append(value)
+
+
+def _concatenate(values: list) -> Any:
+    if isinstance(values[0], dict):
+        return {key: np.concatenate([v[key] for v in values]) for key in values[0]}
+    return np.concatenate(values)
