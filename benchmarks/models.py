@@ -1,99 +1,177 @@
-"""Speed of the models on this machine against the reference PyTorch code (SPEC section 6).
+"""Speed of our models against a PyTorch implementation of the same networks, side by side.
 
-    python benchmarks/models.py [--repeats 5] [--cases train_tiny,rollout_parc_b1,...]
-        [--precisions float32,mixed_bfloat16]
+    pip install -e ".[bench]"        # PyTorch (CPU build), for this script only
+    python benchmarks/models.py [--repeats 5] [--min_seconds 1] [--threads 2] [--cases ...]
 
-Training: samples/s of a full optimizer step (rollout in training mode, the
-reference's RMS loss, backward, AdamW with grad-norm clipping), at L = 32.
-Rollout: steps/s (batch 1) or sample-steps/s (larger batches), returning
-every step's state as the reference does. Each case runs with and without
-XLA (`jit_compile`), in each of `--precisions` (a line each); the medians of
-`--repeats` timed runs are printed with the best one's ratio to the
-reference's figure. The timed runs of a case's modes and precisions take
-turns, so that their ratios hold under changing load. In parentheses: the
-share of the cores other processes used meanwhile; numbers taken beside other
-load are lower than this machine's.
+Each case builds the same model (SPEC section 3: same weight shapes) in both frameworks
+(`benchmarks/torch_models.py` for PyTorch) and times them in turns: after a warm-up,
+`--repeats` timed runs of each, alternating ours and PyTorch's, so that both see the
+same changes of load. Both run on `--threads` threads. Training: samples/s of full
+optimizer steps (rollout with dropout, SPEC section 4's loss, backward, grad-norm
+clipping at 1, AdamW) on a fixed random batch; rollouts: steps/s (batch 1) or
+sample-steps/s, without gradients, returning every step's state. Printed per case:
+the median and range (min-max) of each, the ratio of the medians, and the share of
+the cores other processes used meanwhile (numbers taken beside other load are lower
+than this machine's). PyTorch's OpenMP threads spin while they wait for each other: beside
+other load that stalls them for whole scheduler slices, so on a busy machine run with
+OMP_WAIT_POLICY=PASSIVE (the header shows the setting; TensorFlow does not use OpenMP).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import platform
 import statistics
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import keras
-import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import layers, models
-
-flags.DEFINE_integer("repeats", 5, "timed runs per case; the median is reported")
+flags.DEFINE_integer("repeats", 5, "timed runs of each framework per case")
 flags.DEFINE_float("min_seconds", 1.0, "minimum duration of one timed run")
+flags.DEFINE_integer("threads", 2, "threads of each framework (intra-op; TF inter-op too)")
 flags.DEFINE_list("cases", None, "cases to run (default: all)")
-flags.DEFINE_list("modes", ["graph", "xla"], "graph (TensorFlow kernels) and/or xla (jit_compile)")
-flags.DEFINE_list("precisions", ["float32"], f"model precisions: {', '.join(layers.PRECISIONS)}")
 FLAGS = flags.FLAGS
 
 L = 32
-# Shallow-quench scales at L = 32 (SPEC section 3); their values do not change the speed.
+# Shallow-quench scales at L = 32 (SPEC section 5); their values do not change the speed.
 SCALES = {"rho": 0.679, "Q": 0.442, "P": 0.108, "drho": 0.0236, "dQ": 0.0325, "dP": 0.0227,
           "delta_rho": 0.0139, "delta_Q": 0.0208, "delta_P": 0.0144}
 
 
-def random_states(shape: tuple[int, ...], seed: int) -> dict[str, tf.Tensor]:
-    """Physically sized random states of leading shape `shape` ([batch] or [batch, steps])."""
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A workload: a model, training or rollout, its batch and steps, and the precision."""
+
+    kind: str
+    channels: int
+    n_blocks: int
+    dropout: float
+    what: str  # "train" or "rollout"
+    batch: int
+    steps: int  # n_step of a training window, or the steps of one rollout
+    precision: str = "float32"
+    conserve: bool = False
+
+    @property
+    def unit(self) -> str:
+        if self.what == "train":
+            return "samples/s"
+        return "steps/s" if self.batch == 1 else "sample-steps/s"
+
+    @property
+    def units_per_call(self) -> int:
+        return self.batch if self.what == "train" else self.batch * self.steps
+
+
+def deep_case(config: str) -> Case:
+    """Training of a deep-quench config's model at its batch size and n_step 8."""
+    from tf_holstein.configs import PRESETS
+
+    model, batch = PRESETS[config].model, PRESETS[config].train.batch_size
+    return Case(model.kind, model.channels, model.n_blocks, model.dropout, "train", batch, 8,
+                model.precision, model.conserve)
+
+
+TINY, MEDIUM = (16, 1, 0.2), (128, 4, 0.2)
+CASES: dict[str, Callable[[], Case]] = {
+    "train_tiny": lambda: Case("cnn", *TINY, "train", 64, 8),
+    "train_parc": lambda: Case("parc", *MEDIUM, "train", 8, 1),
+    "train_parc_bf16": lambda: Case("parc", *MEDIUM, "train", 8, 1, "mixed_bfloat16"),
+    "rollout_tiny_b1": lambda: Case("cnn", *TINY, "rollout", 1, 400),
+    "rollout_tiny_b256": lambda: Case("cnn", *TINY, "rollout", 256, 20),
+    "rollout_parc_b1": lambda: Case("parc", *MEDIUM, "rollout", 1, 10),
+    "train_deep_L32": lambda: deep_case("deep_L32"),
+    "train_deep_L32_cnn": lambda: deep_case("deep_L32_cnn"),
+}
+
+
+def random_states(shape: tuple[int, ...], seed: int) -> dict:
+    """Physically sized random numpy states of leading shape `shape` ([batch] or [batch, steps])."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(*shape, L, L)) + 1j * rng.normal(size=(*shape, L, L))
     rho = 0.5 * np.eye(L) + 0.05 * (a + np.conj(np.swapaxes(a, -1, -2)))
-    return {"rho": tf.constant(rho, tf.complex64),
-            "Q": tf.constant(0.1 * rng.normal(size=(*shape, L)), tf.float32),
-            "P": tf.constant(0.02 * rng.normal(size=(*shape, L)), tf.float32)}
+    return {"rho": rho.astype(np.complex64),
+            "Q": (0.1 * rng.normal(size=(*shape, L))).astype(np.float32),
+            "P": (0.02 * rng.normal(size=(*shape, L))).astype(np.float32)}
 
 
-def rms_loss(predicted: dict[str, tf.Tensor], label: dict[str, tf.Tensor]) -> tf.Tensor:
-    """The reference's loss: RMS errors of rho's diagonal, its off-diagonal, Q and P, summed."""
-    squared = tf.abs(predicted["rho"] - label["rho"]) ** 2
-    eye = tf.eye(L)
-    diagonal = tf.sqrt(tf.reduce_sum(squared * eye) / tf.reduce_sum(tf.ones_like(squared) * eye))
-    off = tf.sqrt(tf.reduce_sum(squared * (1 - eye))
-                  / tf.reduce_sum(tf.ones_like(squared) * (1 - eye)))
-    q = tf.sqrt(tf.reduce_mean((predicted["Q"] - label["Q"]) ** 2))
-    p = tf.sqrt(tf.reduce_mean((predicted["P"] - label["P"]) ** 2))
-    return diagonal + off + q + p
+def ours(case: Case) -> Callable[[], object]:
+    """A call of our model's workload; returns a tensor to wait for."""
+    import keras
+    import tensorflow as tf
 
+    from tf_holstein import losses, models
 
-def training_step(model: models.HolsteinModel, batch: int, n_step: int,
-                  jit_compile: bool) -> Callable[[], tf.Tensor]:
-    """One optimizer step on a fixed random batch: (forward + backward + AdamW)."""
-    optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=1e-5,
-                                       global_clipnorm=1.0)
-    optimizer.build(model.trainable_variables)
-    inputs = random_states((batch,), seed=1)
-    labels = random_states((batch, n_step), seed=2)
-    mid_derivatives = random_states((batch, n_step), seed=3)
+    model = models.MODELS[case.kind](SCALES, channels=case.channels, n_blocks=case.n_blocks,
+                                     dropout=case.dropout, zero_init_output=False,
+                                     precision=case.precision, conserve=case.conserve)
+    inputs = {k: tf.constant(v) for k, v in random_states((case.batch,), 1).items()}
+    if case.what == "rollout":
+        return lambda: model.rollout(inputs, case.steps)["Q"]
+    labels = {k: tf.constant(v) for k, v in random_states((case.batch, case.steps), 2).items()}
+    mid = {k: tf.constant(v) for k, v in random_states((case.batch, case.steps), 3).items()}
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=1e-5)
+    variables = model.trainable_variables
+    optimizer.build(variables)
 
-    @tf.function(jit_compile=jit_compile)
+    @tf.function
     def train() -> tf.Tensor:
         with tf.GradientTape() as tape:
             if model.has_derivatives:
-                states, derivatives = model.rollout(inputs, n_step, training=True,
+                states, derivatives = model.rollout(inputs, case.steps, training=True,
                                                     return_derivatives=True)
-                loss = rms_loss(states, labels) + rms_loss(derivatives, mid_derivatives)
+                loss = losses.total_loss(losses.component_losses(states, labels)) \
+                    + losses.total_loss(losses.component_losses(derivatives, mid))
             else:
-                loss = rms_loss(model.rollout(inputs, n_step, training=True), labels)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
+                states = model.rollout(inputs, case.steps, training=True)
+                loss = losses.total_loss(losses.component_losses(states, labels))
+        grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), 1.0)
+        optimizer.apply(grads, variables)
         return loss
 
     return train
 
 
-def rollout(model: models.HolsteinModel, batch: int, n_steps: int,
-            jit_compile: bool) -> Callable[[], tf.Tensor]:
-    """An inference rollout returning every step's state."""
-    state = random_states((batch,), seed=4)
-    return lambda: model.rollout(state, n_steps, jit_compile=jit_compile)["Q"]
+def pytorch(case: Case) -> Callable[[], object]:
+    """A call of the PyTorch model's workload."""
+    import torch
+
+    import torch_models
+
+    model = torch_models.HolsteinModel(case.kind, SCALES, case.channels, case.n_blocks,
+                                       case.dropout, conserve=case.conserve)
+    inputs = {k: torch.from_numpy(v) for k, v in random_states((case.batch,), 1).items()}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+                              enabled=case.precision == "mixed_bfloat16")
+    if case.what == "rollout":
+        model.eval()
+
+        def rollout() -> torch.Tensor:
+            with torch.inference_mode(), autocast:
+                return model.rollout(inputs, case.steps)[0]["Q"]
+
+        return rollout
+    labels = {k: torch.from_numpy(v) for k, v in random_states((case.batch, case.steps), 2).items()}
+    mid = {k: torch.from_numpy(v) for k, v in random_states((case.batch, case.steps), 3).items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5)
+    model.train()
+
+    def train() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            states, derivatives = model.rollout(inputs, case.steps)
+            loss = torch_models.loss(states, labels)
+            if derivatives is not None:
+                loss = loss + torch_models.loss(derivatives, mid)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss.detach()
+
+    return train
 
 
 def busy_cpu_seconds() -> float:
@@ -107,84 +185,83 @@ def busy_cpu_seconds() -> float:
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def calls_per_run(run: Callable[[], tf.Tensor]) -> int:
-    """Calls of `run` that last `--min_seconds`, after a warm-up (compiling) call."""
-    run().numpy()
+def _wait(result: object) -> None:
+    """Blocks until a result is computed (a no-op for PyTorch's synchronous CPU ops)."""
+    result.numpy()
+
+
+def calls_per_run(run: Callable[[], object]) -> int:
+    """Calls of `run` that last `--min_seconds`, after two warm-up (tracing) calls."""
+    _wait(run())
     start = time.perf_counter()
-    run().numpy()
-    return max(1, int(FLAGS.min_seconds / (time.perf_counter() - start)))
+    _wait(run())
+    return max(1, round(FLAGS.min_seconds / (time.perf_counter() - start)))
 
 
-def timed_run(run: Callable[[], tf.Tensor], calls: int) -> tuple[float, float]:
+def timed_run(run: Callable[[], object], calls: int) -> tuple[float, float]:
     """(calls / seconds, share of the cores that other processes used meanwhile)."""
-    start, ours, everyone = time.perf_counter(), time.process_time(), busy_cpu_seconds()
+    start, own, everyone = time.perf_counter(), time.process_time(), busy_cpu_seconds()
     for _ in range(calls):
         result = run()
-    result.numpy()
+    _wait(result)
     wall = time.perf_counter() - start
-    other_seconds = (busy_cpu_seconds() - everyone) - (time.process_time() - ours)
+    other_seconds = (busy_cpu_seconds() - everyone) - (time.process_time() - own)
     return calls / wall, max(other_seconds, 0.0) / wall / os.cpu_count()
 
 
-def median_rates(runs: dict[Any, Callable[[], tf.Tensor]], units_per_run: float
-                 ) -> dict[Any, tuple[float, float]]:
-    """For each run: the median of `units_per_run` / seconds over `--repeats` timed runs, and
-    the median share of the cores others used; the runs take turns within each repeat."""
-    calls = {key: calls_per_run(run) for key, run in runs.items()}
-    samples: dict[Any, list[tuple[float, float]]] = {key: [] for key in runs}
-    for _ in range(FLAGS.repeats):
-        for key, run in runs.items():
-            samples[key].append(timed_run(run, calls[key]))
-    return {key: (units_per_run * statistics.median(rate for rate, _ in values),
-                  statistics.median(other for _, other in values))
-            for key, values in samples.items()}
-
-
-# name: (model kind, preset, what, batch, steps per run, unit, reference figure)
-CASES = {
-    "train_tiny": ("cnn", "tiny", "train", 64, 8, "samples/s", 124.0),
-    "train_parc": ("parc", "medium", "train", 8, 1, "samples/s", 8.5),
-    "rollout_tiny_b1": ("cnn", "tiny", "rollout", 1, 400, "steps/s", 1000.0),
-    "rollout_tiny_b256": ("cnn", "tiny", "rollout", 256, 20, "sample-steps/s", 1900.0),
-    "rollout_parc_b1": ("parc", "medium", "rollout", 1, 10, "steps/s", 21.0),
-    "rollout_parc_b32": ("parc", "medium", "rollout", 32, 2, "sample-steps/s", None),
-}
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str]) -> None:
     del argv
-    keras.utils.set_random_seed(0)
     names = FLAGS.cases or list(CASES)
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         raise app.UsageError(f"unknown cases {unknown}; valid: {', '.join(CASES)}")
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, L = {L}, "
-          f"median of {FLAGS.repeats} runs of >= {FLAGS.min_seconds} s")
-    modes = {"graph": False, "xla": True}
-    if not FLAGS.modes or set(FLAGS.modes) - set(modes):
-        raise app.UsageError(f"--modes takes graph and/or xla, got {FLAGS.modes}")
-    if not FLAGS.precisions or set(FLAGS.precisions) - set(layers.PRECISIONS):
-        raise app.UsageError(f"--precisions takes {' and/or '.join(layers.PRECISIONS)}, got "
-                             f"{FLAGS.precisions}")
-    print(f"{'case':<20}{'precision':>16}{'unit':>16}{'reference':>11}"
-          + "".join(f"{mode + ' (others)':>20}" for mode in FLAGS.modes) + f"{'best/ref':>10}")
+    try:
+        import torch
+    except ImportError:
+        raise app.UsageError('PyTorch is missing: pip install -e ".[bench]"') from None
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+    torch.set_num_threads(FLAGS.threads)
+    torch.set_num_interop_threads(FLAGS.threads)
+    keras.utils.set_random_seed(0)
+    torch.manual_seed(0)
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, load average "
+          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"TensorFlow {tf.__version__}, PyTorch {torch.__version__} (OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}), {FLAGS.threads} threads each, L = {L}; "
+          f"median [min-max] of {FLAGS.repeats} interleaved runs of >= {FLAGS.min_seconds} s")
+    print(f"{'case':<20}{'unit':>15}{'ours':>26}{'PyTorch':>26}{'ratio':>8}{'others':>8}")
     for name in names:
-        kind, preset, what, batch, steps, unit, reference = CASES[name]
-        make = training_step if what == "train" else rollout
-        runs = {}
-        for precision in FLAGS.precisions:
-            model = models.build_model(kind, preset, SCALES, zero_init_output=False,
-                                       precision=precision)
-            for mode in FLAGS.modes:
-                runs[precision, mode] = make(model, batch, steps, modes[mode])
-        results = median_rates(runs, batch if what == "train" else batch * steps)
-        for precision in FLAGS.precisions:
-            row = [results[precision, mode] for mode in FLAGS.modes]
-            best = max(rate for rate, _ in row)
-            ratio = f"{best / reference:.2f}x" if reference else "-"
-            print(f"{name:<20}{precision:>16}{unit:>16}{reference or '-':>11}"
-                  + "".join(f"{rate:>12.1f} ({other:4.0%})" for rate, other in row)
-                  + f"{ratio:>10}", flush=True)
+        case = CASES[name]()
+        runs = {"ours": ours(case), "torch": pytorch(case)}
+        calls = {key: calls_per_run(run) for key, run in runs.items()}
+        samples: dict[str, list[tuple[float, float]]] = {key: [] for key in runs}
+        for repeat in range(FLAGS.repeats):
+            for key in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):
+                samples[key].append(timed_run(runs[key], calls[key]))
+        cells, medians = [], {}
+        for key, values in samples.items():
+            rates = [case.units_per_call * rate for rate, _ in values]
+            medians[key] = statistics.median(rates)
+            cells.append(f"{medians[key]:.1f} [{min(rates):.1f}-{max(rates):.1f}]")
+        others = statistics.median(other for values in samples.values() for _, other in values)
+        print(f"{name:<20}{case.unit:>15}{cells[0]:>26}{cells[1]:>26}"
+              f"{medians['ours'] / medians['torch']:>7.2f}x{others:>8.0%}", flush=True)
 
 
 if __name__ == "__main__":
