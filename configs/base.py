@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """A quench protocol (SPEC section 2) and the size of its dataset.
+    """A quench protocol (docs/physics.md) and the size of its dataset.
 
     Times are in units of hbar/t; `save_interval` and `pre_steps` count RK4
     steps of length `dt`.
@@ -69,7 +69,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Network architecture (SPEC section 3): `cnn` (standard CNN) or `parc`."""
+    """Network architecture (docs/training.md): `cnn` (standard CNN) or `parc`."""
 
     kind: str = "cnn"
     channels: int = 16
@@ -144,7 +144,7 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the curriculum (SPEC section 4); `batch_size` is the global batch."""
+    """Optimisation and the curriculum (docs/training.md); `batch_size` is the global batch."""
 
     lr: float = 1e-4
     weight_decay: float = 1e-5

@@ -1,4 +1,4 @@
-"""Named experiments. SPEC section 2 holds the paper's protocols, section 4 its training."""
+"""Named experiments. docs/physics.md holds the paper's protocols, docs/training.md its training."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,7 +14,7 @@ DEEP = DataConfig(name="deep", L=32, g_i=0.0, g_f=1.0, noise=1e-4, save_interval
 TINY_CNN = ModelConfig(kind="cnn", channels=16, n_blocks=1, dropout=0.2)
 MEDIUM_PARC = ModelConfig(kind="parc", channels=128, n_blocks=4, dropout=0.2)
 
-# The reference's cheaper shallow schedule (SPEC section 4: lr 1e-3, weight decay 1e-2,
+# The reference's cheaper shallow schedule (docs/training.md: lr 1e-3, weight decay 1e-2,
 # batch 128, eta_min 0, n_step 1 then 8 in a 2:1 ratio of optimizer steps), sized for
 # the 2-core CPU rather than a GPU.
 SHALLOW_CPU = TrainConfig(lr=1e-3, weight_decay=1e-2, batch_size=128, eta_min=0.0,

@@ -1,4 +1,4 @@
-"""An independent plain-NumPy Holstein integrator for the tests: SPEC section 1 with a
+"""An independent plain-NumPy Holstein integrator for the tests: docs/physics.md with a
 dense H in complex128, and classical RK4. Shares nothing with the library but its
 constants."""
 import numpy as np

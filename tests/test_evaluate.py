@@ -19,7 +19,7 @@ FIGURES = ("snapshots.png", "order_parameters.png", "autocorrelation.png")
 
 
 def direct_autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
-    """SPEC section 5 written out: every average over the ensemble and over t."""
+    """docs/physics.md written out: every average over the ensemble and over t."""
     x = np.asarray(x, np.float64)
     mean, mean_sq = x.mean(), (x * x).mean()
     T = x.shape[1]

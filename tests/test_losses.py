@@ -1,4 +1,4 @@
-"""The loss of SPEC section 4 against direct NumPy formulas."""
+"""The loss of docs/training.md against direct NumPy formulas."""
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -11,7 +11,7 @@ from tf_holstein.configs import ModelConfig
 from float32 import kernel_tolerance, sum_tolerance
 from numpy_reference import numpy_derivatives
 
-# The shallow-quench scales at L = 16 (SPEC section 3); drho etc. as the reference's kwargs.
+# The shallow-quench scales at L = 16 (docs/training.md); drho etc. as the reference's kwargs.
 SCALES = {"rho": 0.7065, "Q": 0.5187, "P": 0.1406, "drho": 0.03766, "dQ": 0.04215,
           "dP": 0.03482, "delta_rho": 0.02141, "delta_Q": 0.02691, "delta_P": 0.02181}
 TOL = kernel_tolerance(1.0)  # one step evaluated by other kernels, states of magnitude <= 1

@@ -70,7 +70,7 @@ def test_cdw_is_a_fixed_point_with_the_published_amplitude():
     assert np.max(np.abs(residual)) < 1e-10
     np.testing.assert_allclose(np.abs(Q.numpy()), 0.1087, atol=5e-5)
     _, delta_q = physics.order_parameters(tf.zeros([16, 16], tf.complex128), Q)
-    assert delta_q > 0  # SPEC's sign choice: Q_0 < 0
+    assert delta_q > 0  # the documented sign choice: Q_0 < 0
 
 
 def test_free_electron_ground_state_is_the_half_occupied_mixed_state():

@@ -18,7 +18,7 @@ def random_state(L, batch=3, seed=0):
 
 
 def quench_state(L, g_i, batch=2, seed=0):
-    """The protocol's pre-quench states (SPEC section 2, noise 1e-4) as numpy arrays."""
+    """The protocol's pre-quench states (docs/physics.md, noise 1e-4) as numpy arrays."""
     rng = np.random.default_rng(seed)
     noise = 1e-4 * rng.normal(size=(2, batch, L))
     return tuple(x.numpy() for x in physics.initial_state(L, g_i, noise[0], noise[1]))

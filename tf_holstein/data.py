@@ -1,4 +1,4 @@
-"""Streaming training windows from trajectory TFRecords (SPEC sections 2 and 4).
+"""Streaming training windows from trajectory TFRecords (docs/physics.md, docs/training.md).
 
 A window is a ground-truth state at saved step k and the n_step states that
 follow it, for every start k in 0..T-n_step of every trajectory (T + 1 saved
@@ -96,7 +96,7 @@ def make_dataset_from_files(file_patterns: str | Sequence[str], *, n_step: int,
         0..T-n_step (a trajectory with T < n_step contributes none).
     batch_size: the global batch; with `input_context`, each pipeline yields
         `input_context.get_per_replica_batch_size(batch_size)`.
-    noise_std: sigma of SPEC section 4, on the input state only: N(0, sigma) on Q
+    noise_std: sigma of docs/training.md, on the input state only: N(0, sigma) on Q
         and P, complex noise of variance sigma^2 on rho (real and imaginary
         parts each sigma / sqrt 2; not Hermitian).
     derivatives: add drho, dQ, dP [B, n_step, ...] targets (module docstring).

@@ -4,7 +4,7 @@
         [--split test] [--n_traj N] [--steps T] [--out DIR]
 
 Rolls out (batched) from each trajectory's first state and compares with the stored
-trajectory (SPEC section 5): per-step state RMSE of rho, Q and P; RMSE and RMSE / std
+trajectory (docs/physics.md): per-step state RMSE of rho, Q and P; RMSE and RMSE / std
 of the order parameters Delta_rho and Delta_Q; the autocorrelation A(tau) of both,
 truth and prediction; ensemble percentile bands; the physical invariants of the
 predicted trajectories (energy, Tr rho, Hermiticity, Tr rho rho^dagger); and which

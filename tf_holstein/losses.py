@@ -1,4 +1,4 @@
-"""The training loss of SPEC section 4: a sum of RMS errors per state component.
+"""The training loss of docs/training.md: a sum of RMS errors per state component.
 
 The RMS of a component is over the whole global batch, the predicted steps
 and the sites, so under a distribution strategy the squared-error sums and

@@ -1,6 +1,6 @@
 """What a rollout is scored by, for evaluation and for training's model selection alike.
 
-Statistics of order-parameter series (the autocorrelation A(tau) of SPEC section 5, its
+Statistics of order-parameter series (the autocorrelation A(tau) of docs/physics.md, its
 sampling floor, ensemble bands), per-state scalars and invariant drifts, the divergence
 rule, and `compute_metrics`, everything `metrics.json` reports about a rollout collected
 by `tf_holstein.rollout`. `selection_scores` are the numbers that pick the best model in
@@ -20,7 +20,7 @@ from tf_holstein import physics, records
 if TYPE_CHECKING:
     from tf_holstein.rollout import Collected
 
-MAX_LAG = 250  # SPEC section 5: tau = 0..250
+MAX_LAG = 250  # docs/physics.md: tau = 0..250
 PERCENTILES = (10.0, 50.0, 90.0)  # ensemble bands: low, median, high
 DIVERGENCE_FACTOR = 10.0  # diverged: |value| > this times the training max-abs scale
 ORDER_PARAMETERS = ("Delta_rho", "Delta_Q")
@@ -28,7 +28,7 @@ ORDER_PARAMETERS = ("Delta_rho", "Delta_Q")
 
 # -- statistics -----------------------------------------------------------------------------
 def autocorrelation(x: np.ndarray | tf.Tensor, max_lag: int) -> np.ndarray:
-    """A(tau) = (<X(t) X(t+tau)> - <X>^2) / (<X^2> - <X>^2) of SPEC section 5. [max_lag + 1]
+    """A(tau) = (<X(t) X(t+tau)> - <X>^2) / (<X^2> - <X>^2) of docs/physics.md. [max_lag + 1]
 
     x: float [n_series, T], an ensemble of equally long series. Every average runs over
     the ensemble and over t: the lagged product over the T - tau overlapping pairs of each
@@ -102,9 +102,9 @@ def state_statistics(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, g: float
                      ) -> dict[str, np.ndarray]:
     """Per-state scalars of states rho complex [..., L, L], Q, P float [..., L]. Each [...].
 
-    energy (SPEC section 1, at coupling g, float64), trace Tr rho, hermiticity
+    energy (docs/physics.md, at coupling g, float64), trace Tr rho, hermiticity
     max_ij |rho - rho^H|, purity Tr(rho rho^H) (conserved by the unitary electron
-    dynamics) and the order parameters Delta_rho, Delta_Q (SPEC section 5).
+    dynamics) and the order parameters Delta_rho, Delta_Q (docs/physics.md).
     """
     rho64 = tf.constant(rho, tf.complex128)
     Q64, P64 = tf.constant(Q, tf.float64), tf.constant(P, tf.float64)

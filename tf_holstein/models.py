@@ -1,4 +1,4 @@
-"""The paper's two models as Keras models: the standard CNN and PARC (SPEC section 3).
+"""The paper's two models as Keras models: the standard CNN and PARC (docs/training.md).
 
 A state is the dict `{'rho': complex64 [batch, L, L], 'Q': float32 [batch, L],
 'P': float32 [batch, L]}`, in physical units (energies in units of t). One step
@@ -48,7 +48,7 @@ XLA_MAX_PIXELS = 8 * 32 * 32
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Size of each network of a model (SPEC section 3)."""
+    """Size of each network of a model (docs/training.md)."""
 
     channels: int
     n_blocks: int
@@ -136,7 +136,7 @@ def particle_hole(image: tf.Tensor, increment: bool = False) -> tf.Tensor:
     with S = diag((-1)^i); of an increment (or derivative) image without the 1.
 
     At half filling on a bipartite chain it maps solutions of the equations of motion to
-    solutions (SPEC section 1: the coupling enters as Re rho_ii - 1/2 and a commutator), so
+    solutions (docs/physics.md: the coupling enters as Re rho_ii - 1/2 and a commutator), so
     the exact step commutes with it; it flips the staggered order parameters' sign.
     """
     L = tf.shape(image)[-2]

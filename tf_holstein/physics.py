@@ -1,4 +1,4 @@
-"""Physics of the 1D semiclassical Holstein model (SPEC sections 1-2).
+"""Physics of the 1D semiclassical Holstein model (docs/physics.md).
 
 Pure TensorFlow maths, batched over any leading axes and generic in
 precision (complex64/float32 or complex128/float64): the simulator and the
@@ -88,7 +88,7 @@ def fermi_occupations(energies: tf.Tensor, n_electrons: float, kT: float = KT) -
 
     The chemical potential is found by bisection. Levels degenerate at the Fermi
     energy (within << kT) share the remaining electrons equally: at L = 0 mod 4
-    and g = 0 two levels get 1/2 each, a mixed state as SPEC section 2 intends.
+    and g = 0 two levels get 1/2 each, a mixed state as docs/physics.md intends.
     """
     lo = tf.reduce_min(energies, axis=-1, keepdims=True) - 1.0
     hi = tf.reduce_max(energies, axis=-1, keepdims=True) + 1.0
@@ -127,7 +127,7 @@ def cdw_fixed_point_residual(Q: tf.Tensor, g: float) -> tf.Tensor:
 
 
 def cdw_ground_state(L: int, g: float, tol: float = 1e-13, max_iter: int = 10_000) -> tf.Tensor:
-    """Self-consistent CDW displacements Q [L] at coupling g > 0 (SPEC section 2).
+    """Self-consistent CDW displacements Q [L] at coupling g > 0 (docs/physics.md).
 
     Iterates Q <- ETA g (n - 1/2) / K0 from the staggered Q_i = 0.25 s_i, whose sign
     makes Delta_Q > 0. Raises RuntimeError if the iteration does not converge.

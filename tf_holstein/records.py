@@ -300,7 +300,7 @@ def _expected_shape(key: str, L: int, T: int) -> tuple[int, ...]:
 
 
 def trajectory_scales(arrays: Mapping[str, np.ndarray], g: float) -> dict[str, float]:
-    """Max-abs statistics (SPEC section 3) of a batch of trajectories [N, T(+1), ...].
+    """Max-abs statistics (docs/training.md) of a batch of trajectories [N, T(+1), ...].
 
     rho over real and imaginary parts; the derivatives are the exact right-hand
     side at coupling g evaluated (in float64) at the stored mid states; the

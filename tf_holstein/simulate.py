@@ -1,4 +1,4 @@
-"""Exact RK4 trajectories of the Ehrenfest equations (SPEC sections 1-2), batched and chunked.
+"""Exact RK4 trajectories of the Ehrenfest equations (docs/physics.md), batched and chunked.
 
 The hot loop is real float64 arithmetic on an O(L^2) stencil, compiled by XLA
 (no per-step dispatch, no dense matrix products, no device-specific code):
@@ -218,7 +218,7 @@ def simulate(rho0: Any, Q0: Any, P0: Any, *, g: float, dt: float, save_interval:
              saved_steps: int, pre_steps: int = 0, phases: Any = None,
              chunk_steps: int = DEFAULT_CHUNK_STEPS,
              on_steps: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Post-quench trajectories from initial states, saved as SPEC section 2 describes.
+    """Post-quench trajectories from initial states, saved as docs/physics.md describes.
 
     rho0 complex [B, L, L] (Hermitian), Q0, P0 real [B, L]: the states at t = 0
     (numpy or tensors). g is the post-quench coupling g_f (H uses g, dP uses
