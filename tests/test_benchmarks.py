@@ -1,5 +1,6 @@
 """The side-by-side benchmark: importable without PyTorch; its PyTorch models (when the bench
 extra is installed) have our models' weights, so that the two frameworks time the same work."""
+import functools
 import importlib.util
 import sys
 from pathlib import Path

@@ -39,33 +39,91 @@ def convolution_dtype(precision: str) -> tf.DType:
     return PRECISIONS[precision]
 
 
-def circular_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
-    """Wraps `pad` rows and columns around both spatial axes of `x: [batch, H, W, C]`.
+# The elementwise work around the convolutions (layer norm, tanh, dropout mask, circular
+# pad, casts) runs as one XLA-compiled function forward and one backward: TensorFlow's own
+# kernels made each of these a full memory pass (broadcasts over the channel axis at a
+# fraction of memory speed), together more time than the convolutions. The backward pass
+# is written by hand (XLA's autodiff of the forward measured slower than TensorFlow's
+# kernels) and recomputes the normalisation from the input instead of storing it. The
+# convolutions stay on TensorFlow's oneDNN kernels, far faster than XLA's on CPUs.
 
-    Its gradient folds the halo back onto the edges it copies, in one pass: autodiff of the
-    slices would build a full-size zero tensor per slice, which made padding as costly as
-    the convolutions at the paper's sizes.
-    """
-    if pad == 0:
-        return x
+
+def circular_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
+    """Wraps `pad` rows and columns around both spatial axes of `x: [batch, H, W, C]`."""
+    return _activation(x, None, None, None, 0.0, pad, x.dtype, False) if pad else x
+
+
+def _activation(x: tf.Tensor, gamma: tf.Tensor | None, beta: tf.Tensor | None,
+                mask: tf.Tensor | None, epsilon: float, pad: int, dtype: tf.DType,
+                tanh: bool) -> tf.Tensor:
+    """wrap(cast(mask * f(x))) with f = tanh(LN(x)), LN(x) or the identity (gamma None or
+    not; `tanh`); the `mask` (not differentiated) and the wrap by `pad` optional."""
+    options = dict(epsilon=epsilon, pad=pad, dtype=dtype, tanh=tanh, norm=gamma is not None)
+    if gamma is None:
+        gamma = beta = tf.zeros([0], x.dtype)  # unused
 
     @tf.custom_gradient
-    def wrap(x: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
-        def fold(grad: tf.Tensor) -> tf.Tensor:
-            return _fold_halo(_fold_halo(grad, pad, axis=1), pad, axis=2)
+    def fused(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor
+              ) -> tuple[tf.Tensor, Callable[[tf.Tensor], tuple[tf.Tensor, ...]]]:
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return _activation_backward(dy, x, gamma, beta, mask, **options)
 
-        return _wrap_axis(_wrap_axis(x, pad, axis=1), pad, axis=2), fold
+        return _activation_forward(x, gamma, beta, mask, **options), grad
 
-    return wrap(x)
+    return fused(x, gamma, beta)
 
 
-def _wrap_axis(x: tf.Tensor, pad: int, axis: int) -> tf.Tensor:
-    """[..., n, ...] -> [..., n + 2 pad, ...]: the last `pad` entries before, the first after."""
-    return tf.concat([_take(x, -pad, None, axis), x, _take(x, None, pad, axis)], axis=axis)
+def _normalised(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float, norm: bool
+                ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(LN(x), the normalised x before gamma and beta, 1 / std); x itself without `norm`."""
+    if not norm:
+        return x, x, tf.ones([], x.dtype)
+    centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+    inv_std = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+                            + epsilon)
+    x_hat = centred * inv_std
+    return x_hat * gamma + beta, x_hat, inv_std
+
+
+@tf.function(jit_compile=True)
+def _activation_forward(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
+                        mask: tf.Tensor | None, epsilon: float, pad: int, dtype: tf.DType,
+                        tanh: bool, norm: bool) -> tf.Tensor:
+    y = _normalised(x, gamma, beta, epsilon, norm)[0]
+    if tanh:
+        y = tf.tanh(y)
+    if mask is not None:
+        y = y * mask
+    y = tf.cast(y, dtype)
+    for axis in (1, 2):
+        y = tf.concat([_take(y, -pad, None, axis), y, _take(y, None, pad, axis)], axis=axis) \
+            if pad else y
+    return y
+
+
+@tf.function(jit_compile=True)
+def _activation_backward(dy: tf.Tensor, x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
+                         mask: tf.Tensor | None, epsilon: float, pad: int, dtype: tf.DType,
+                         tanh: bool, norm: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    if pad:  # the wrap's adjoint: the halo added back onto the edges it copies
+        dy = _fold_halo(_fold_halo(dy, pad, axis=1), pad, axis=2)
+    dy = tf.cast(dy, x.dtype)
+    if mask is not None:
+        dy = dy * mask
+    y, x_hat, inv_std = _normalised(x, gamma, beta, epsilon, norm)
+    if tanh:
+        dy = dy * (1.0 - tf.square(tf.tanh(y)))
+    if not norm:
+        return dy, gamma, beta
+    g = dy * gamma
+    dx = inv_std * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
+                    - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
+    pixels = tf.range(tf.rank(dy) - 1)
+    return dx, tf.reduce_sum(dy * x_hat, axis=pixels), tf.reduce_sum(dy, axis=pixels)
 
 
 def _fold_halo(grad: tf.Tensor, pad: int, axis: int) -> tf.Tensor:
-    """Adjoint of `_wrap_axis`: [..., n + 2 pad, ...] -> [..., n, ...], halo added to its source."""
+    """Adjoint of wrapping along `axis`: [..., n + 2 pad, ...] -> [..., n, ...]."""
     head = _take(grad, pad, 2 * pad, axis) + _take(grad, -pad, None, axis)
     middle = _take(grad, 2 * pad, -2 * pad, axis)
     tail = _take(grad, -2 * pad, -pad, axis) + _take(grad, None, pad, axis)
@@ -109,10 +167,15 @@ class CircularConv2D(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
+        return self.convolve_wrapped(_activation(x, None, None, None, 0.0, self.kernel_size // 2,
+                                                 self._convolution_dtype, False))
+
+    def convolve_wrapped(self, wrapped: tf.Tensor) -> tf.Tensor:
+        """The layer's output from its input already wrapped by kernel_size // 2 and cast to
+        the convolution dtype (see `ChannelLayerNorm.activation`)."""
         dtype = self._convolution_dtype  # the casts are no-ops in float32
-        x = circular_pad(tf.cast(x, dtype), self.kernel_size // 2)
         kernel, bias = tf.cast(self.kernel, dtype), tf.cast(self.bias, dtype)
-        return tf.cast(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias),
+        return tf.cast(tf.nn.bias_add(tf.nn.conv2d(wrapped, kernel, 1, "VALID"), bias),
                        self.compute_dtype)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
@@ -128,9 +191,6 @@ class CircularConv2D(keras.layers.Layer):
 class ChannelLayerNorm(keras.layers.Layer):
     """LayerNorm of each pixel over its channels, with scale and bias: torch's `LayerNorm(C)`
     applied channels-last (biased variance, epsilon inside the square root).
-
-    Its hand-written gradient is a few fused passes instead of autodiff's graph of
-    broadcasts, which made the normalisation a large part of a training step.
     """
 
     def __init__(self, epsilon: float = LAYER_NORM_EPSILON, **kwargs: Any) -> None:
@@ -142,25 +202,16 @@ class ChannelLayerNorm(keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(input_shape[-1],), initializer="zeros")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        epsilon = self.epsilon
+        return _activation(x, *self._weights(), None, self.epsilon, 0, x.dtype, False)
 
-        @tf.custom_gradient
-        def normalise(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> tuple[tf.Tensor, Any]:
-            centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
-            inv_std = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
-                                    + epsilon)
-            x_hat = centred * inv_std
+    def activation(self, x: tf.Tensor, pad: int, dtype: tf.DType,
+                   mask: tf.Tensor | None = None) -> tf.Tensor:
+        """tanh of the normalised `x`, times a dropout `mask` if given, wrapped by `pad` and
+        cast to `dtype`: the input of a `CircularConv2D.convolve_wrapped`, in one fusion."""
+        return _activation(x, *self._weights(), mask, self.epsilon, pad, dtype, True)
 
-            def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-                pixels = tf.range(tf.rank(dy) - 1)
-                g = dy * gamma
-                dx = inv_std * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
-                                - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
-                return dx, tf.reduce_sum(dy * x_hat, axis=pixels), tf.reduce_sum(dy, axis=pixels)
-
-            return x_hat * gamma + beta, grad
-
-        return normalise(x, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta))
+    def _weights(self) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
@@ -198,9 +249,14 @@ class ResidualBlock(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        h = self.conv1(ops.tanh(self.ln1(x)))
-        h = self.dropout(ops.tanh(self.ln2(h)), training=training)
-        return x + self.conv2(h)
+        pad, dtype = self.kernel_size // 2, self.conv1._convolution_dtype
+        h = self.conv1.convolve_wrapped(self.ln1.activation(x, pad, dtype))
+        mask = None
+        if training and self.dropout_rate > 0:
+            # The dropout of a ones image [batch, 1, 1, C]: the mask SpatialDropout2D
+            # multiplies by, applied inside the fusion.
+            mask = self.dropout(tf.ones([tf.shape(x)[0], 1, 1, self.channels]), training=True)
+        return x + self.conv2.convolve_wrapped(self.ln2.activation(h, pad, dtype, mask))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
