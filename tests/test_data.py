@@ -196,10 +196,12 @@ def test_corrupt_shard_raises_an_error_naming_the_file(tmp_path, damage):
     else:
         content[len(content) // 2] ^= 0xFF
     shard.write_bytes(bytes(content))
+    # A cut record is found from the length headers before reading (IOError), flipped bytes
+    # by their checksum while reading: either way the error names the shard.
     for shuffle in (False, True):
-        dataset = data.make_dataset(directory, "train", n_step=1, batch_size=4, shuffle=shuffle)
-        with pytest.raises(tf.errors.InvalidArgumentError, match=shard.name):
-            for _ in dataset:
+        with pytest.raises((IOError, tf.errors.InvalidArgumentError), match=shard.name):
+            for _ in data.make_dataset(directory, "train", n_step=1, batch_size=4,
+                                       shuffle=shuffle):
                 pass
 
 

@@ -74,8 +74,15 @@ def complete_shards(dataset_dir: str | os.PathLike, split: str,
     if len(shards) != expected:
         raise IOError(f"{dataset_dir} has {len(shards)} {split} shards, meta.json lists "
                       f"{expected}: the dataset is incomplete")
-    for path, count in zip(shards, shard_sizes(meta["splits"][split]["num_trajectories"],
-                                               meta["config"]["shard_size"])):
+    total = meta["splits"][split]["num_trajectories"]
+    if "shard_size" not in meta.get("config", {}):
+        # A dataset written by other tools may size its shards freely: check the total.
+        found = sum(count_records(path) for path in shards)
+        if found != total:
+            raise IOError(f"{dataset_dir}: its {split} shards hold {found} trajectories, "
+                          f"meta.json lists {total}: the dataset is incomplete or damaged")
+        return shards
+    for path, count in zip(shards, shard_sizes(total, meta["config"]["shard_size"])):
         check_record_count(path, count)
     return shards
 
