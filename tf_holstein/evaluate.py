@@ -33,12 +33,15 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import cli, export, metrics, models, plots, records, rollout
+from tf_holstein import cli, diagnostics, export, metrics, models, plots, records, rollout
 from tf_holstein.cli import FLAGS
 
 SNAPSHOT_HORIZON = 48  # default snapshot steps span 0..48, as in the paper's Fig. 3
 SNAPSHOT_COUNT = 5
 TRACE_ROWS = 4  # trajectories drawn in order_parameters.png (Fig. 7 shows four)
+# --noise_contraction measures one-step transitions this many saved steps apart: nearly
+# independent states of a chaotic trajectory, and few enough to stay cheap.
+NOISE_EVERY = 50
 EXACT = "exact"  # --model exact: the RK4 simulator itself, the floor for every learned model
 
 
@@ -186,6 +189,20 @@ def truth_batches(dataset_dir: str | Path, split: str, n_traj: int, batch_size: 
         yield arrays
 
 
+def transitions(dataset_dir: str | Path, split: str, n_traj: int, batch_size: int, every: int
+                ) -> tuple[rollout.State, rollout.State]:
+    """Stored states at steps 0, every, 2 every, ... of the first n_traj trajectories and the
+    states one step later: rho complex64 [M, L, L], Q, P float32 [M, L] each."""
+    parts: dict[str, tuple[list, list]] = {key: ([], []) for key in records.STATE_KEYS}
+    for batch in truth_batches(dataset_dir, split, n_traj, batch_size):
+        steps = np.arange(0, batch["Q"].shape[1] - 1, every)
+        for key, (states, targets) in parts.items():
+            states.append(batch[key][:, steps].reshape(-1, *batch[key].shape[2:]))
+            targets.append(batch[key][:, steps + 1].reshape(-1, *batch[key].shape[2:]))
+    return ({key: np.concatenate(states) for key, (states, _) in parts.items()},
+            {key: np.concatenate(targets) for key, (_, targets) in parts.items()})
+
+
 def to_json(obj: Any) -> Any:
     """Plain JSON values: arrays to lists, NumPy scalars to Python, NaN and inf to None."""
     if isinstance(obj, Mapping):
@@ -226,14 +243,15 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
              max_lag: int = metrics.MAX_LAG, snapshot_steps: Sequence[int] | None = None,
              snapshot_trajectory: int = 0,
              divergence_factor: float = metrics.DIVERGENCE_FACTOR, allow_other_L: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             noise_levels: Sequence[float] = (), progress: bool = True) -> dict[str, Any]:
     """Evaluates `model` on `split` of the dataset `data`; writes metrics.json,
     order_parameters.npz and the figures to `out_dir`; returns the metrics.
 
     n_traj: the first n trajectories (default all); steps: rollout length (default the
     dataset's T). A trajectory counts as diverged from the first step with a non-finite
     value or |rho|, |Q|, |P| above `divergence_factor` times the model's training scales
-    (the dataset's if the model records none).
+    (the dataset's if the model records none). With `noise_levels`, metrics.json also holds
+    `noise_contraction` (diagnostics.noise_contraction on every NOISE_EVERY-th transition).
     """
     if split not in records.SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(records.SPLITS)}")
@@ -293,6 +311,11 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
         "snapshot_trajectory": snapshot_trajectory,
         "rollout_seconds": collected.seconds,
         "sample_steps_per_second": n_traj * steps / max(collected.seconds, 1e-9)}
+    if noise_levels:
+        states, targets = transitions(data, split, n_traj, batch_size, NOISE_EVERY)
+        result["noise_contraction"] = diagnostics.noise_contraction(
+            lambda state: {key: value[:, 0] for key, value in loaded.rollout(state, 1).items()},
+            states, targets, noise_levels)
     records.write_json(out_dir / "metrics.json", to_json(result))
     _write_traces(out_dir / "order_parameters.npz", collected)
     write_figures(out_dir, collected, result, meta["time_step"], snapshot_steps)
@@ -348,6 +371,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("snapshot_trajectory", 0, "trajectory shown in snapshots.png")
     flags.DEFINE_float("divergence_factor", metrics.DIVERGENCE_FACTOR, "diverged: |value| beyond "
                        "this times the training max-abs scale")
+    flags.DEFINE_list("noise_contraction", None, "input-noise levels sigma (e.g. "
+                      "0.004,0.01,0.02): also measure how much of such noise one step "
+                      "passes on (diagnostics.noise_contraction)")
     flags.DEFINE_bool("allow_other_L", False, "run on a chain length other than the "
                       "training data's")
     flags.mark_flag_as_required("model")
@@ -381,6 +407,7 @@ def main(argv: Sequence[str]) -> None:
             if FLAGS.snapshot_steps else None,
             snapshot_trajectory=FLAGS.snapshot_trajectory,
             divergence_factor=FLAGS.divergence_factor, allow_other_L=FLAGS.allow_other_L,
+            noise_levels=[float(x) for x in FLAGS.noise_contraction or ()],
             progress=FLAGS.progress)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
