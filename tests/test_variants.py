@@ -97,10 +97,11 @@ def test_state_aware_integrator_sees_the_state():
     for options, differs in (({}, False), ({"integrator_input": "state_and_derivative"}, True)):
         model = variant("parc", **options)
         derivative = models.encode(model.step(state, return_derivatives=True)[1])
-        a = model.integrator(derivative) if not options else \
-            model.integrator([models.encode(state), derivative])
-        b = model.integrator(derivative) if not options else \
-            model.integrator([models.encode(other), derivative])
+
+        def integrate(u):
+            return model.integrator([models.encode(u), derivative] if options else [derivative])
+
+        a, b = integrate(state), integrate(other)
         assert (np.abs(a.numpy() - b.numpy()).max() > 1e-4) == differs
 
 

@@ -226,10 +226,8 @@ class _ScaledNetwork(keras.layers.Layer):
         embedded = input_shape[-1] * (2 if self.embedding == "broadcast" else 1)
         self.network.build((*input_shape[:-1], embedded))
 
-    def call(self, images: tf.Tensor | Sequence[tf.Tensor], training: bool | None = None
-             ) -> tf.Tensor:
-        image = images if tf.is_tensor(images) else tf.concat(list(images), axis=-1)
-        image = image * self.in_scale
+    def call(self, images: Sequence[tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        image = tf.concat(list(images), axis=-1) * self.in_scale
         if self.embedding == "broadcast":
             image = broadcast_diagonals(image)
         return self.network(image, training=training) * self.out_scale
@@ -454,7 +452,7 @@ class HolsteinCNN(HolsteinModel):
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, None]:
-        return self._next(image, self.cnn(image, training=training)), None
+        return self._next(image, self.cnn([image], training=training)), None
 
 
 @keras.saving.register_keras_serializable(package="tf_holstein")
@@ -472,18 +470,20 @@ class HolsteinPARC(HolsteinModel):
                  **kwargs: Any) -> None:
         super().__init__(scales, channels, n_blocks, **kwargs)
         self.differentiator = self._network([""], "d", False, name="differentiator")
-        inputs = ["", "d"] if self.integrator_input == "state_and_derivative" else ["d"]
-        self.integrator = self._network(inputs, "delta_", self.zero_init_output,
-                                        name="integrator")
+        # The integrator's inputs by their scales' prefixes: the state '' and its rate 'd'.
+        self._integrator_inputs = ("", "d") if self.integrator_input == "state_and_derivative" \
+            else ("d",)
+        self.integrator = self._network(self._integrator_inputs, "delta_",
+                                        self.zero_init_output, name="integrator")
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         # Decoding then encoding the derivative, as the reference does, zeroes the
         # off-diagonal entries of the Q and P channels: the mask does the same.
-        derivative = self._admissible(image, self.differentiator(image, training=training))
-        inputs = [image, derivative] if self.integrator_input == "state_and_derivative" \
-            else derivative
-        delta = self.integrator(inputs, training=training)
+        derivative = self._admissible(image, self.differentiator([image], training=training))
+        images = {"": image, "d": derivative}
+        delta = self.integrator([images[prefix] for prefix in self._integrator_inputs],
+                                training=training)
         return self._next(image, delta), derivative
 
 
