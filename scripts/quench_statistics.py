@@ -1,6 +1,7 @@
 """What a quench does to a dataset's trajectories: staggered order, its spatial modes, its climate.
 
     python scripts/quench_statistics.py --data data/deep_L16 data/deep_cpu_L32
+    python scripts/quench_statistics.py --data data/deep_fresh_L32 data/deep_fresh2_L32 --gap
     python scripts/quench_statistics.py --data <smoke_deep dataset> --window 4 --power_steps 6 \
         --lags 1,2 --max_lag 5 --sizes 2,3 --draws 3                  # seconds
 
@@ -10,6 +11,9 @@ at the two largest wave numbers, k = pi - 2 pi / L and k = pi; the autocorrelati
 Delta_Q at `--lags`; the sampling floor of the climate test for Delta_rho and Delta_Q. Then,
 pooling the test and training trajectories' Delta_Q, the median gap between disjoint
 ensembles of each of `--sizes` (`--draws` random splits from one generator).
+With `--gap`, for every pair of datasets also max_tau |A - A'| of Delta_rho and Delta_Q between
+their test splits: how far two independent truth ensembles of those sizes lie apart, the
+least a model's climate can be expected to miss a truth ensemble by.
 """
 from __future__ import annotations
 
@@ -54,6 +58,13 @@ def statistics(dataset_dir: str | Path, window: int, power_steps: int, lags: Seq
     return out
 
 
+def ensemble_gap(a_dir: str | Path, b_dir: str | Path, max_lag: int) -> list[float]:
+    """max_tau |A_a - A_b| of Delta_rho and Delta_Q between two datasets' test splits."""
+    a, b = (split_order_parameters(d, "test")[:2] for d in (a_dir, b_dir))
+    return [float(np.abs(metrics.autocorrelation(x, max_lag)
+                         - metrics.autocorrelation(y, max_lag)).max()) for x, y in zip(a, b)]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", required=True, help="dataset directories")
@@ -63,11 +74,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_lag", type=int, default=metrics.MAX_LAG, help="largest tau")
     parser.add_argument("--sizes", default="24,48,96", help="ensemble sizes of the gap")
     parser.add_argument("--draws", type=int, default=30, help="random splits per median")
+    parser.add_argument("--gap", action="store_true",
+                        help="also the climate gap between every pair of datasets' test splits")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Prints and returns {dataset directory: statistics}."""
+    """Prints and returns {dataset directory: statistics}, with `--gap` also
+    {'gap': {(directory a, directory b): [Delta_rho gap, Delta_Q gap]}}."""
     args = parse_args(argv)
     lags = [int(s) for s in args.lags.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -78,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         for key, value in out[directory].items():
             print(directory, key, np.round(list(value.values()) if isinstance(value, dict)
                                            else value, 4))
+    if args.gap:
+        out["gap"] = {}
+        for i, a in enumerate(args.data):
+            for b in args.data[i + 1:]:
+                out["gap"][a, b] = ensemble_gap(a, b, args.max_lag)
+                print(a, b, "gap (Delta_rho, Delta_Q)", np.round(out["gap"][a, b], 4))
     return out
 
 

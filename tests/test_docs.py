@@ -2,11 +2,16 @@
 nothing points outside the repository."""
 import importlib.util
 import re
+import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tf_holstein import datagen
+from tf_holstein.configs import get_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -133,6 +138,22 @@ def test_quench_statistics_runs_at_a_tiny_size(monkeypatch, smoke_dataset):
     assert 0 < shares <= 1 + 1e-12
     assert out["rms_delta_Q_first"] > 0 and min(out["sampling_floor"]) >= 0
     assert set(out["gaps_Q"]) == {2, 3}
+
+
+def test_quench_statistics_gap_between_datasets(monkeypatch, smoke_dataset, tmp_path):
+    quench_statistics = load_script("quench_statistics", monkeypatch)
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_dataset, copy)
+    args = ["--window", "4", "--power_steps", "6", "--lags", "0", "--max_lag", "5",
+            "--sizes", "2", "--draws", "1", "--gap"]
+    other = datagen.generate(replace(get_config("smoke").data, seed=1), tmp_path / "seed1",
+                             progress=False)
+    gap = quench_statistics.main(["--data", str(smoke_dataset), str(copy), str(other),
+                                  *args])["gap"]
+    assert gap[str(smoke_dataset), str(copy)] == [0.0, 0.0]  # an ensemble lies 0 from itself
+    # Another seed's trajectories: A(0) = 1 for both, so the gap lies in (0, 2].
+    assert all(0 < g <= 2 for g in gap[str(smoke_dataset), str(other)])
+    assert gap[str(copy), str(other)] == gap[str(smoke_dataset), str(other)]
 
 
 def test_error_spectrum_finds_an_unreproduced_jitter(monkeypatch, tmp_path):
