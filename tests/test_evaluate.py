@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from float32 import kernel_tolerance
-from tf_holstein import evaluate, export, metrics, models, physics, records, rollout
+from tf_holstein import evaluation, export, metrics, models, physics, records, rollout
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -183,7 +183,7 @@ def test_metrics_use_non_diverged_trajectories_and_count_the_rest():
                                    np.sqrt(np.mean((pred[kept] - truth[kept]) ** 2, axis=0)))
     np.testing.assert_allclose(result["per_step"]["rmse"]["Q"],
                                np.sqrt(collected.mse["Q"][kept].mean(axis=0)))
-    json.dumps(evaluate.to_json(result), allow_nan=False)  # NaN never reaches the file
+    json.dumps(evaluation.to_json(result), allow_nan=False)  # NaN never reaches the file
     # Model selection: the diverged trajectory counts as infinitely wrong in the median and
     # fails the climate test outright.
     assert summary["selection"] == {
@@ -197,7 +197,7 @@ def test_metrics_use_non_diverged_trajectories_and_count_the_rest():
 
 def test_metrics_when_every_trajectory_diverged_are_none_not_a_crash():
     result = metrics.compute_metrics(synthetic_collected([1, 3, 40]), L=4, max_lag=10)
-    summary = evaluate.to_json(result)["summary"]
+    summary = evaluation.to_json(result)["summary"]
     assert summary["n_kept"] == 0
     assert summary["Delta_rho"]["median_rmse_over_std"] is None
     assert summary["Delta_rho"]["median_rmse_over_std_counting_diverged"] is None
@@ -209,10 +209,10 @@ def test_metrics_when_every_trajectory_diverged_are_none_not_a_crash():
 def test_identity_model_metrics_equal_a_direct_computation(identity_run, smoke_dataset, truth):
     """The identity model predicts the initial state forever: every error is the truth's
     distance from its start, computed here straight from load_split."""
-    result = evaluate.evaluate(identity_run, smoke_dataset, progress=False)
+    result = evaluation.evaluate(identity_run, smoke_dataset, progress=False)
     out = identity_run / "eval-test"  # the default: inside the workdir
     assert all((out / name).stat().st_size > 0 for name in (*FIGURES, "metrics.json"))
-    assert json.loads((out / "metrics.json").read_text()) == evaluate.to_json(result)
+    assert json.loads((out / "metrics.json").read_text()) == evaluation.to_json(result)
     assert result["run"]["model_format"] == "saved_model"
     T = truth["Q"].shape[1] - 1
     for key in records.STATE_KEYS:
@@ -241,12 +241,12 @@ def test_chunked_keras_and_saved_model_rollouts_agree_with_the_model(perturbed, 
                                                                      truth, tmp_path):
     model, workdir = perturbed
     steps = 10
-    keras_metrics = evaluate.evaluate(workdir / "export" / "model.keras", smoke_dataset,
-                                      steps=steps, chunk=3, batch_size=1,
-                                      out_dir=tmp_path / "keras", snapshot_steps=[0, 4, 10],
-                                      progress=False)
-    saved_metrics = evaluate.evaluate(workdir / "export" / "saved_model", smoke_dataset,
-                                      steps=steps, out_dir=tmp_path / "saved", progress=False)
+    keras_metrics = evaluation.evaluate(workdir / "export" / "model.keras", smoke_dataset,
+                                        steps=steps, chunk=3, batch_size=1,
+                                        out_dir=tmp_path / "keras", snapshot_steps=[0, 4, 10],
+                                        progress=False)
+    saved_metrics = evaluation.evaluate(workdir / "export" / "saved_model", smoke_dataset,
+                                        steps=steps, out_dir=tmp_path / "saved", progress=False)
     assert keras_metrics["run"]["model_format"] == "keras"
     predicted = model.rollout({key: truth[key][:, 0] for key in records.STATE_KEYS}, steps)
     expected_q = np.sqrt(np.mean((predicted["Q"].numpy() - truth["Q"][:, 1:steps + 1]) ** 2,
@@ -278,8 +278,8 @@ def test_a_diverging_model_is_reported_not_crashed_on(smoke_dataset, smoke_meta,
     beyond = np.abs(truth["P"][:, :1] + t * increment).max(axis=-1) > limit
     expected = beyond.argmax(axis=1) + 1
     assert 1 < expected.min() and expected.max() < smoke_meta["T"]  # diverges mid-rollout
-    result = evaluate.evaluate(tmp_path / "export" / "model.keras", smoke_dataset,
-                                out_dir=tmp_path / "eval", chunk=4, progress=False)
+    result = evaluation.evaluate(tmp_path / "export" / "model.keras", smoke_dataset,
+                                 out_dir=tmp_path / "eval", chunk=4, progress=False)
     assert result["per_trajectory"]["first_diverged_step"] == expected.tolist()
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["summary"]["n_diverged"] == 2 and saved["summary"]["n_kept"] == 0
@@ -296,22 +296,22 @@ def test_bad_requests_are_refused_with_reasons(identity_run, smoke_dataset, smok
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
-            evaluate.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False,
-                              **kwargs)
+            evaluation.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False,
+                                **kwargs)
     with pytest.raises(FileNotFoundError, match="no model at"):
-        evaluate.evaluate(tmp_path / "nothing", smoke_dataset, progress=False)
+        evaluation.evaluate(tmp_path / "nothing", smoke_dataset, progress=False)
     other = export_workdir(models.build_model("cnn", "tiny", smoke_meta["scales"]), tmp_path / "run",
                            {**smoke_meta, "config": {**smoke_meta["config"], "g_f": 1.0},
                             "time_step": 2.56})
     with pytest.raises(ValueError, match="predicts steps of 2.56 .* g_f = 1"):
-        evaluate.evaluate(other, smoke_dataset, progress=False)
+        evaluation.evaluate(other, smoke_dataset, progress=False)
 
 
 def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path):
     """--model exact restarts RK4 from the stored float32 states: at L = 8 over 12 steps the
     rounding stays at float32 level, and every metric sits at its floor."""
-    result = evaluate.evaluate(evaluate.EXACT, smoke_dataset, out_dir=tmp_path, chunk=5,
-                                progress=False)
+    result = evaluation.evaluate(evaluation.EXACT, smoke_dataset, out_dir=tmp_path, chunk=5,
+                                 progress=False)
     summary = result["summary"]
     assert result["run"]["model_format"] == "exact" and summary["n_diverged"] == 0
     for name in metrics.ORDER_PARAMETERS:
@@ -319,16 +319,16 @@ def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path
         assert summary[name]["autocorrelation_max_abs_diff"] < 1e-3  # 12 steps: ill-conditioned
     assert max(summary["state_rmse"].values()) < 1e-7, summary["state_rmse"]
     with pytest.raises(ValueError, match="--model exact has no directory to write into"):
-        evaluate.evaluate(evaluate.EXACT, smoke_dataset, progress=False)
+        evaluation.evaluate(evaluation.EXACT, smoke_dataset, progress=False)
 
 
 def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
     export_dir = identity_run / "export"
-    assert evaluate.resolve_model_path(identity_run) == export_dir / "saved_model"
-    assert evaluate.resolve_model_path(export_dir) == export_dir / "saved_model"
-    assert evaluate.resolve_model_path(export_dir / "model.keras") == export_dir / "model.keras"
-    assert evaluate.default_out_dir(export_dir / "saved_model", "val") == export_dir / "eval-val"
-    assert evaluate.default_out_dir(identity_run, "test") == identity_run / "eval-test"
+    assert evaluation.resolve_model_path(identity_run) == export_dir / "saved_model"
+    assert evaluation.resolve_model_path(export_dir) == export_dir / "saved_model"
+    assert evaluation.resolve_model_path(export_dir / "model.keras") == export_dir / "model.keras"
+    assert evaluation.default_out_dir(export_dir / "saved_model", "val") == export_dir / "eval-val"
+    assert evaluation.default_out_dir(identity_run, "test") == identity_run / "eval-test"
 
 
 def test_command_line(identity_run, smoke_dataset, tmp_path):
@@ -371,7 +371,7 @@ def damaged_copy(smoke_dataset, target, damage):
 def test_a_damaged_shard_is_one_line_naming_it(identity_run, smoke_dataset, tmp_path):
     cut, shard = damaged_copy(smoke_dataset, tmp_path / "cut", "cut")
     with pytest.raises(IOError, match=f"{shard} holds 1 trajectories, meta.json implies 2"):
-        evaluate.evaluate(identity_run, cut, out_dir=tmp_path / "out", progress=False)
+        evaluation.evaluate(identity_run, cut, out_dir=tmp_path / "out", progress=False)
     flipped, shard = damaged_copy(smoke_dataset, tmp_path / "flipped", "flip")
     result = subprocess.run(
         [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",
@@ -392,7 +392,7 @@ def test_another_chain_length_is_refused_unless_allowed(smoke_dataset, smoke_met
         **smoke_meta["config"], "L": 16}})
     with pytest.raises(ValueError, match=r"trained on L = 16, the dataset has L = 8 \(pass "
                                          r"--allow_other_L"):
-        evaluate.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", progress=False)
-    result = evaluate.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", steps=2,
-                               allow_other_L=True, progress=False)
+        evaluation.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", progress=False)
+    result = evaluation.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", steps=2,
+                                 allow_other_L=True, progress=False)
     assert result["summary"]["n_trajectories"] == SMOKE.data.n_test

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from float32 import EPS32, KERNEL_ULPS
-from tf_holstein import evaluate, physics, records, simulate
+from tf_holstein import evaluation, physics, records, simulate
 from tf_holstein.configs import get_config
 
 SHIPPED = Path(__file__).resolve().parent.parent / "saved_models"
@@ -54,8 +54,8 @@ def amplification(rollout, state: dict, scales: dict, steps: int) -> np.ndarray:
 def test_shipped_savedmodel_and_keras_file_agree_and_move(name, config_name):
     state = first_saved_states(config_name)
     L = state["Q"].shape[-1]
-    served = evaluate.load_model(SHIPPED / name)
-    in_process = evaluate.load_model(SHIPPED / name / "model.keras")
+    served = evaluation.load_model(SHIPPED / name)
+    in_process = evaluation.load_model(SHIPPED / name / "model.keras")
     assert (served.format, in_process.format) == ("saved_model", "keras")
     scales = in_process.handle.scales
     a, b = served.rollout(state, STEPS), in_process.rollout(state, STEPS)

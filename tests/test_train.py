@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from float32 import kernel_tolerance
-from tf_holstein import datagen, evaluate, metrics, physics, records, train
+from tf_holstein import datagen, evaluation, metrics, physics, records, train
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -109,8 +109,8 @@ def test_the_selected_models_validation_score_is_what_evaluate_reports(smoke_run
             "autocorrelation": "val_rollout/autocorrelation_max_abs_diff"}
     # The .keras file runs the kernels validation ran: the same numbers up to float64
     # rounding in the metrics.
-    same_kernels = evaluate.evaluate(workdir / "export" / "model.keras", dataset, split="val",
-                                     out_dir=tmp_path / "keras", progress=False)["summary"]
+    same_kernels = evaluation.evaluate(workdir / "export" / "model.keras", dataset, split="val",
+                                       out_dir=tmp_path / "keras", progress=False)["summary"]
     for name, key in keys.items():
         assert same_kernels["selection"][name] == pytest.approx(best[key], rel=1e-9), name
     for name in metrics.ORDER_PARAMETERS:
@@ -118,8 +118,8 @@ def test_the_selected_models_validation_score_is_what_evaluate_reports(smoke_run
             best[f"val_rollout/{name}_rmse_over_std"], rel=1e-9)
     # The SavedModel runs TensorFlow's kernels: each predicted value moves by at most
     # kernel_tolerance, so each RMSE by at most that much, each RMSE / std by that over std.
-    served = evaluate.evaluate(workdir, dataset, split="val", out_dir=tmp_path / "served",
-                               progress=False)
+    served = evaluation.evaluate(workdir, dataset, split="val", out_dir=tmp_path / "served",
+                                 progress=False)
     assert served["run"]["model_format"] == "saved_model"
     val = records.load_split(dataset, "val")
     truth = physics.order_parameters(val["rho"][:, 1:], val["Q"][:, 1:])  # Delta_rho, Delta_Q

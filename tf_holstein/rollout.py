@@ -65,7 +65,7 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
     """Rolls every batch out for `steps` steps in chunks, comparing with its truth.
 
     batches: `rho`, `Q`, `P` [B, T+1, ...] and `index` [B] each (`array_batches`,
-    `evaluate.truth_batches`); limits: `metrics.divergence_limits`. Each chunk's last
+    `evaluation.truth_batches`); limits: `metrics.divergence_limits`. Each chunk's last
     predicted state is fed back as the next chunk's input, so memory is
     O(batch * chunk * L^2) however long the rollout; chunking does not change the result.
     progress(n) is called with the sample-steps done.

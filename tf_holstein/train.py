@@ -464,9 +464,9 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
         if trainer.meta["splits"]["test"]["num_trajectories"]:
             # The experiment's last stage, downstream of training: training itself scores
             # with metrics and rollout only.
-            from tf_holstein import evaluate
+            from tf_holstein.evaluation import evaluate, headline
 
-            evaluation = evaluate.headline(evaluate.evaluate(
+            evaluation = headline(evaluate(
                 workdir / "export", dataset_dir, split="test", out_dir=workdir / "eval-test",
                 progress=progress))
         timings["evaluate_s"] = time.perf_counter() - tic
