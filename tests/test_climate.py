@@ -107,7 +107,7 @@ def test_welch_segments_average_white_noise_to_its_level():
     # series leaves 50%, and 31 half-overlapping segments each cut it about 5-fold more.
     assert np.std(whole) / np.mean(whole) > 0.4
     assert np.std(welch[1:-1]) / level < 0.15
-    with pytest.raises(ValueError, match="segment must lie in 2..4096"):
+    with pytest.raises(ValueError, match="segment must lie in 3..4096"):
         climate.periodograms(x, time_step, segment=5000)
 
 

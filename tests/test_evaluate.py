@@ -11,11 +11,13 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from float32 import kernel_tolerance
-from tf_holstein import evaluation, export, metrics, models, physics, records, rollout
+from tf_holstein import climate, evaluation, export, metrics, models, physics, records, rollout
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
-FIGURES = ("snapshots.png", "order_parameters.png", "autocorrelation.png")
+FIGURES = ("snapshots.png", "order_parameters.png", "autocorrelation.png", "distributions.png",
+           "spectra.png", "valid_time.png")
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def direct_autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
@@ -396,3 +398,76 @@ def test_another_chain_length_is_refused_unless_allowed(smoke_dataset, smoke_met
     result = evaluation.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", steps=2,
                                  allow_other_L=True, progress=False)
     assert result["summary"]["n_trajectories"] == SMOKE.data.n_test
+
+
+# -- the climate ------------------------------------------------------------------------------
+def test_the_climate_of_a_constant_forecast_equals_a_direct_computation(identity_run,
+                                                                        smoke_dataset, truth,
+                                                                        tmp_path):
+    """The identity model forecasts each trajectory's initial state forever: its climate is
+    computed here from load_split with the functions of tf_holstein.climate; a constant
+    series has no power at any frequency, so its spectral error is exactly 1."""
+    result = evaluation.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False)
+    time_step = result["run"]["time_step"]
+    orders = dict(zip(metrics.ORDER_PARAMETERS, (np.asarray(x) for x in physics.order_parameters(
+        truth["rho"].astype(np.complex128), truth["Q"].astype(np.float64)))))
+    series = {name: values[:, 1:] for name, values in orders.items()}
+    constant = {name: np.repeat(values[:, :1], values.shape[1] - 1, axis=1)
+                for name, values in orders.items()}
+    for name in metrics.ORDER_PARAMETERS:
+        entry = result["distribution"][name]
+        assert entry["wasserstein_1"] == pytest.approx(
+            climate.wasserstein_1(series[name], constant[name]), rel=1e-9)
+        assert entry["sampling_floor"] == pytest.approx(
+            climate.bootstrap_floor(series[name], climate.wasserstein_1), rel=1e-9)
+        spectrum = result["spectrum"][name]
+        np.testing.assert_allclose(spectrum["truth"], climate.power_spectrum(
+            series[name], time_step, series[name].shape[1])[1], rtol=1e-9)
+        assert spectrum["relative_error"] == pytest.approx(1.0, abs=1e-12)
+    factors = result["spectrum"]["structure_factor"]
+    np.testing.assert_allclose(factors["truth"], climate.structure_factor(
+        truth["Q"][:, 1:])[1].mean(axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_allclose(factors["prediction"], climate.structure_factor(
+        truth["Q"][:, 0])[1].mean(axis=0), rtol=1e-6)
+    expected = climate.valid_time(np.stack(list(series.values()), -1),
+                                  np.stack(list(constant.values()), -1), time_step)
+    np.testing.assert_allclose(result["valid_time"]["per_trajectory"],
+                               expected["per_trajectory"])
+    head = evaluation.headline(result)
+    assert head["valid_time_median"] == pytest.approx(expected["median"])
+    assert head["Delta_Q_spectrum_relative_error"] == pytest.approx(1.0)
+    assert head["structure_factor_relative_error"] == pytest.approx(
+        factors["relative_error"])
+    assert "lyapunov_truth" not in head and not (tmp_path / "lyapunov.png").exists()
+    assert all((tmp_path / name).stat().st_size > 0 for name in FIGURES)
+
+
+def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth, tmp_path):
+    """--lyapunov_trajectories: the truth's exponent is climate.largest_lyapunov of the
+    simulator from the split's first initial states; the exact model's, measured through
+    float32 states with twins 1e-4 apart, is the same up to that rounding."""
+    result = evaluation.evaluate(evaluation.EXACT, smoke_dataset, out_dir=tmp_path,
+                                 lyapunov_trajectories=2, progress=False)
+    lyapunov = result["lyapunov"]
+    steps, time_step = smoke_meta["T"], smoke_meta["time_step"]
+    transient = steps // 4  # climate.LYAPUNOV_TRANSIENT is longer than a quarter here
+    config = smoke_meta["config"]
+    expected = climate.largest_lyapunov(
+        climate.simulator_advance(config["g_f"], config["dt"], config["save_interval"]),
+        {key: truth[key][:, 0] for key in records.STATE_KEYS}, time_step=time_step,
+        n_intervals=steps - transient, transient_intervals=transient)
+    np.testing.assert_allclose(lyapunov["truth"]["per_trajectory"], expected["per_trajectory"],
+                               rtol=1e-12)
+    # Rounding the states to float32 moves a twin distance of 1e-4 |x| by at most
+    # 2 eps32 / 1e-4 relative per interval (input and output); such errors of random sign
+    # add up as the square root of the intervals' and trajectories' number; 3 sigma.
+    intervals = (steps - transient) * 2
+    bound = 3 * 2 * EPS32 / climate.MODEL_SEPARATION / np.sqrt(intervals) / time_step
+    assert abs(lyapunov["prediction"]["mean"] - lyapunov["truth"]["mean"]) < bound
+    head = evaluation.headline(result)
+    assert head["lyapunov_truth"] == pytest.approx(expected["mean"], rel=1e-12)
+    assert head["lyapunov_prediction"] == pytest.approx(lyapunov["prediction"]["mean"])
+    assert (tmp_path / "lyapunov.png").stat().st_size > 0
+    with pytest.raises(ValueError, match=r"lyapunov_trajectories must be in 0\.\.2"):
+        evaluation.evaluate(evaluation.EXACT, smoke_dataset, out_dir=tmp_path,
+                            lyapunov_trajectories=3, progress=False)

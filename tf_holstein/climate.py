@@ -31,12 +31,16 @@ HISTOGRAM_BINS = 60
 # segments of 256 steps, 0.07 from 128; 256 still resolves the main peak near 0.003 per
 # hbar/t (grid 0.0015).
 SPECTRUM_SEGMENT = 256
+MIN_SEGMENT = 3  # the Hann window of 2 points is zero
 # Initial twin separation relative to the state's norm. In float64 (the exact simulator)
 # rounding is 1e-16 relative, 8 orders below. A float32 model rounds every state it reads
 # and writes by ~6e-8 relative: the twins' separation must stay far above that noise, so
 # that it, not rounding, is what grows; 1e-4 leaves 3 orders.
 EXACT_SEPARATION = 1e-8
 MODEL_SEPARATION = 1e-4
+# Time (hbar/t) the twins get to turn their separation into the most unstable direction
+# before their growth is counted; that of scripts/lyapunov.py.
+LYAPUNOV_TRANSIENT = 50.0
 
 State = dict[str, np.ndarray]
 # advance(states, n): the states n saved steps later; {key: [B, ...]} in and out.
@@ -105,9 +109,9 @@ def periodograms(x: np.ndarray, time_step: float, segment: int | None = None
     """
     x = np.asarray(x, np.float64)
     length = x.shape[-1] if segment is None else int(segment)
-    if not 2 <= length <= x.shape[-1]:
-        raise ValueError(f"segment must lie in 2..{x.shape[-1]} (the series' length), got "
-                         f"{segment}")
+    if not MIN_SEGMENT <= length <= x.shape[-1]:
+        raise ValueError(f"segment must lie in {MIN_SEGMENT}..{x.shape[-1]} (the series' "
+                         f"length), got {segment}")
     pieces = np.stack([x[..., s:s + length]
                        for s in range(0, x.shape[-1] - length + 1, length // 2)], axis=-2)
     window = np.hanning(length)

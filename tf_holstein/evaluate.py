@@ -47,6 +47,10 @@ def _define_flags() -> None:
                       "passes on (diagnostics.noise_contraction)")
     flags.DEFINE_bool("allow_other_L", False, "run on a chain length other than the "
                       "training data's")
+    flags.DEFINE_integer("lyapunov_trajectories", 0, "also measure the largest Lyapunov "
+                         "exponent of the exact simulator and of the model from the first N "
+                         "initial states (twin rollouts of the evaluated length: costly; 16 "
+                         "is a good choice), 0: not")
     flags.mark_flag_as_required("model")
 
 
@@ -65,7 +69,7 @@ def main(argv: Sequence[str]) -> None:
             snapshot_trajectory=FLAGS.snapshot_trajectory,
             divergence_factor=FLAGS.divergence_factor, allow_other_L=FLAGS.allow_other_L,
             noise_levels=[float(x) for x in FLAGS.noise_contraction or ()],
-            progress=FLAGS.progress)
+            lyapunov_trajectories=FLAGS.lyapunov_trajectories, progress=FLAGS.progress)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
     except tf.errors.OpError as e:

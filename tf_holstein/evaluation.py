@@ -6,8 +6,10 @@ of the order parameters Delta_rho and Delta_Q; the autocorrelation A(tau) of bot
 truth and prediction; ensemble percentile bands; the physical invariants of the
 predicted trajectories (energy, Tr rho, Hermiticity, Tr rho rho^dagger); and which
 trajectories diverged (non-finite values, or values far outside the training range),
-at which step. Writes `metrics.json`, `order_parameters.npz` (every trace) and the
-figures `snapshots.png`, `order_parameters.png`, `autocorrelation.png`.
+at which step; the climate beyond A(tau) (`tf_holstein.climate`: distributions, spectra,
+S(k), valid time and, on request, the largest Lyapunov exponent). Writes `metrics.json`,
+`order_parameters.npz` (every trace) and the figures `snapshots.png`,
+`order_parameters.png`, `autocorrelation.png` and those of `climate_plots.FIGURES`.
 
 This module loads the model, streams the trajectories from the TFRecords in batches and
 writes the results; `tf_holstein.rollout` rolls each batch out in chunks, the last state
@@ -29,7 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_holstein import diagnostics, export, metrics, models, plots, records, rollout
+from tf_holstein import (climate, climate_plots, diagnostics, export, metrics, models, plots,
+                         records, rollout)
 
 SNAPSHOT_HORIZON = 48  # default snapshot steps span 0..48, as in the paper's Fig. 3
 SNAPSHOT_COUNT = 5
@@ -238,7 +241,8 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
              max_lag: int = metrics.MAX_LAG, snapshot_steps: Sequence[int] | None = None,
              snapshot_trajectory: int = 0,
              divergence_factor: float = metrics.DIVERGENCE_FACTOR, allow_other_L: bool = False,
-             noise_levels: Sequence[float] = (), progress: bool = True) -> dict[str, Any]:
+             noise_levels: Sequence[float] = (), lyapunov_trajectories: int = 0,
+             progress: bool = True) -> dict[str, Any]:
     """Evaluates `model` on `split` of the dataset `data`; writes metrics.json,
     order_parameters.npz and the figures to `out_dir`; returns the metrics.
 
@@ -246,7 +250,10 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     dataset's T). A trajectory counts as diverged from the first step with a non-finite
     value or |rho|, |Q|, |P| above `divergence_factor` times the model's training scales
     (the dataset's if the model records none). With `noise_levels`, metrics.json also holds
-    `noise_contraction` (diagnostics.noise_contraction on every NOISE_EVERY-th transition).
+    `noise_contraction` (diagnostics.noise_contraction on every NOISE_EVERY-th transition);
+    with `lyapunov_trajectories` N > 0, `lyapunov` (`lyapunov_exponents` from the first N
+    initial states: twin rollouts, so it costs about 2N more trajectories' rollouts and as
+    many of the exact simulator).
     """
     if split not in records.SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(records.SPLITS)}")
@@ -277,6 +284,9 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     if not 0 <= snapshot_trajectory < n_traj:
         raise ValueError(f"snapshot_trajectory must be in 0..{n_traj - 1}, got "
                          f"{snapshot_trajectory}")
+    if not 0 <= lyapunov_trajectories <= n_traj:
+        raise ValueError(f"lyapunov_trajectories must be in 0..{n_traj} (the trajectories "
+                         f"evaluated), got {lyapunov_trajectories}")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(model, split)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -297,6 +307,7 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
             chunk=chunk, snapshot_trajectory=snapshot_trajectory,
             snapshot_steps=snapshot_steps, progress=bar.update)
     result = metrics.compute_metrics(collected, meta["L"], max_lag)
+    result.update(climate_of(collected, meta["time_step"]))
     result["run"] = {
         "model": str(loaded.path), "model_format": loaded.format,
         "model_metadata": loaded.metadata, "data": str(data), "split": split,
@@ -311,10 +322,47 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
         result["noise_contraction"] = diagnostics.noise_contraction(
             lambda state: {key: value[:, 0] for key, value in loaded.rollout(state, 1).items()},
             states, targets, noise_levels)
+    if lyapunov_trajectories:
+        result["lyapunov"] = lyapunov_exponents(loaded.rollout, data, split,
+                                                lyapunov_trajectories, steps, meta)
     records.write_json(out_dir / "metrics.json", to_json(result))
     _write_traces(out_dir / "order_parameters.npz", collected)
     write_figures(out_dir, collected, result, meta["time_step"], snapshot_steps)
     return result
+
+
+def climate_of(collected: rollout.Collected, time_step: float) -> dict[str, Any]:
+    """`climate.climate_metrics` of a collected rollout (steps 1..steps, the diverged
+    trajectories left out of the prediction's statistics): `distribution`, `spectrum` and
+    `valid_time`; nothing for rollouts too short for a spectrum."""
+    if collected.truth["Delta_rho"].shape[1] < climate.MIN_SEGMENT:
+        return {}
+    return climate.climate_metrics(
+        {name: collected.truth[name] for name in metrics.ORDER_PARAMETERS},
+        {name: collected.prediction[name] for name in metrics.ORDER_PARAMETERS},
+        time_step, kept=collected.first_diverged == 0,
+        structure_factors=collected.structure_factors)
+
+
+def lyapunov_exponents(model_rollout: rollout.RolloutFn | None, data: str | Path, split: str,
+                       n_traj: int, steps: int, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The largest Lyapunov exponent (`climate.largest_lyapunov`) of the exact RK4 simulator
+    (`truth`) and of the model (`prediction`; None without a model) from the first n_traj
+    initial states of the split, renormalised every saved step for `steps` steps, of which
+    the first climate.LYAPUNOV_TRANSIENT hbar/t (at most a quarter) are not counted."""
+    initial = next(truth_batches(data, split, n_traj, n_traj))
+    state = {key: initial[key][:, 0] for key in records.STATE_KEYS}
+    time_step, config = meta["time_step"], meta["config"]
+    transient = min(steps // 4, math.ceil(climate.LYAPUNOV_TRANSIENT / time_step))
+    schedule = dict(time_step=time_step, n_intervals=steps - transient,
+                    transient_intervals=transient)
+    truth = climate.largest_lyapunov(
+        climate.simulator_advance(config["g_f"], config["dt"], config["save_interval"]),
+        state, separation=climate.EXACT_SEPARATION, **schedule)
+    prediction = None if model_rollout is None else climate.largest_lyapunov(
+        climate.rollout_advance(model_rollout), state, separation=climate.MODEL_SEPARATION,
+        **schedule)
+    return {"truth": truth, "prediction": prediction}
 
 
 def _write_traces(path: Path, collected: rollout.Collected) -> None:
@@ -329,7 +377,8 @@ def _write_traces(path: Path, collected: rollout.Collected) -> None:
 def write_figures(out_dir: Path, collected: rollout.Collected, result: Mapping[str, Any],
                   time_step: float, snapshot_steps: Sequence[int]) -> None:
     """snapshots.png, order_parameters.png (the first non-diverged trajectories and the
-    ensemble bands) and autocorrelation.png."""
+    ensemble bands), autocorrelation.png and, if computed, the climate's figures
+    (`climate_plots.write_climate_figures`)."""
     snapshots = collected.snapshots
     plots.save_figure(plots.snapshot_figure(snapshots["truth"], snapshots["prediction"],
                                             snapshot_steps, time_step),
@@ -344,17 +393,35 @@ def write_figures(out_dir: Path, collected: rollout.Collected, result: Mapping[s
         result["bands"]["percentiles"]), out_dir / "order_parameters.png")
     plots.save_figure(plots.autocorrelation_figure(result["autocorrelation"], time_step),
                       out_dir / "autocorrelation.png")
+    if "distribution" in result:
+        climate_plots.write_climate_figures(out_dir, result, result.get("lyapunov"))
 
 
 def headline(result: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers people quote from an evaluation: counts, median Delta RMSE / std, the
-    autocorrelation mismatch of both order parameters with its sampling floor, and the
-    scores that select a model in training (`metrics.selection_scores`)."""
+    autocorrelation mismatch of both order parameters with its sampling floor, the scores
+    that select a model in training (`metrics.selection_scores`) and, where computed, the
+    climate's distances with their floors, the median valid time and the Lyapunov
+    exponents."""
     summary = result["summary"]
-    return to_json({
+    numbers = {
         **{key: summary[key] for key in ("n_trajectories", "n_diverged", "steps")},
         **{f"{name}_median_rmse_over_std": summary[name]["median_rmse_over_std"]
            for name in metrics.ORDER_PARAMETERS},
         **{f"{name}_autocorrelation_{key}": summary[name][f"autocorrelation_{key}"]
            for name in metrics.ORDER_PARAMETERS for key in ("max_abs_diff", "sampling_floor")},
-        **{f"selection_{key}": value for key, value in summary["selection"].items()}})
+        **{f"selection_{key}": value for key, value in summary["selection"].items()}}
+    if "distribution" in result:
+        for name, entry in result["distribution"].items():
+            numbers[f"{name}_wasserstein_1"] = entry["wasserstein_1"]
+            numbers[f"{name}_wasserstein_1_sampling_floor"] = entry["sampling_floor"]
+        for name, entry in result["spectrum"].items():
+            prefix = name if name == "structure_factor" else f"{name}_spectrum"
+            numbers[f"{prefix}_relative_error"] = entry["relative_error"]
+            numbers[f"{prefix}_sampling_floor"] = entry["sampling_floor"]
+        numbers["valid_time_median"] = result["valid_time"]["median"]
+        numbers["valid_time_reference_median"] = result["valid_time"]["reference_median"]
+    if "lyapunov" in result:
+        for source, entry in result["lyapunov"].items():
+            numbers[f"lyapunov_{source}"] = entry["mean"] if entry else None
+    return to_json(numbers)

@@ -3,7 +3,8 @@
 One loop for evaluation and for training's validation, so that both score the same
 rollout: each chunk's last predicted state is the next chunk's input, so memory stays
 O(batch * chunk * L^2) however long the rollout, and only per-step scalars
-(`metrics.state_statistics`, errors, divergence) and a few snapshot states are kept.
+(`metrics.state_statistics`, errors, divergence), each trajectory's mean structure factor
+and a few snapshot states are kept.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import metrics, records
+from tf_holstein import climate, metrics, records
 
 State = dict[str, np.ndarray]
 # rollout(state, n_steps): state {'rho': complex64 [B, L, L], 'Q', 'P': float32 [B, L]} ->
@@ -56,6 +57,9 @@ class Collected:
     first_diverged: np.ndarray  # [N] first step out of range, 0 if never
     snapshots: dict[str, dict[str, np.ndarray]]  # {'truth'|'prediction': state [S, ...]}
     seconds: float  # wall time of the model's rollouts
+    # {'truth'|'prediction': [N, L/2 + 1]}: each trajectory's structure factor S(k) of Q
+    # (`climate.structure_factor`) averaged over steps 1..steps
+    structure_factors: dict[str, np.ndarray] | None = None
 
 
 def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]],
@@ -78,7 +82,8 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
         truth = {key: batch[key][:, :steps + 1] for key in records.STATE_KEYS}
         state = {key: value[:, 0] for key, value in truth.items()}
         rows: dict[str, list] = {"truth": [], "prediction": [], "bad": [],
-                                 **{f"mse_{key}": [] for key in records.STATE_KEYS}}
+                                 **{f"mse_{key}": [] for key in records.STATE_KEYS},
+                                 **{f"S_{source}": [] for source in snapshots}}
         local = snapshot_trajectory - offset
         keep_snapshots = 0 <= local < size
         if keep_snapshots and 0 in snapshot_steps:
@@ -96,6 +101,8 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
                 predicted["rho"], predicted["Q"], predicted["P"], g))
             rows["bad"].append(metrics.out_of_range(predicted, limits))
             with np.errstate(over="ignore", invalid="ignore"):
+                for source, Q in (("truth", window["Q"]), ("prediction", predicted["Q"])):
+                    rows[f"S_{source}"].append(climate.structure_factor(Q)[1].sum(axis=1))
                 for key in records.STATE_KEYS:
                     error = np.abs(predicted[key].astype(np.complex128 if key == "rho"
                                                          else np.float64) - window[key]) ** 2
@@ -121,6 +128,8 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
         _append(parts, "mse", {key: np.concatenate(rows[f"mse_{key}"], axis=1)
                                for key in records.STATE_KEYS})
         _append(parts, "index", batch["index"])
+        _append(parts, "structure_factors", {source: sum(rows[f"S_{source}"]) / steps
+                                             for source in snapshots})
         offset += size
     if not offset:
         raise ValueError("no trajectories to evaluate")
@@ -131,7 +140,7 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
                      snapshots={source: {key: np.stack([s[key] for s in states])
                                          for key in records.STATE_KEYS} if states else {}
                                 for source, states in snapshots.items()},
-                     seconds=seconds)
+                     seconds=seconds, structure_factors=merged["structure_factors"])
 
 
 def _append(parts: dict[str, list], name: str, value: Any) -> None:
