@@ -85,7 +85,8 @@ class ModelConfig:
     # the exact step at half filling: twice the compute per step, no extra weights.
     particle_hole: bool = False
     # "broadcast": each network also sees Q and P broadcast along rows and columns, so the
-    # coupling g (Q_i - Q_j) rho_ij is local at every pixel (models.broadcast_diagonals).
+    # coupling g (Q_i - Q_j) rho_ij is local at every pixel (models.broadcast_diagonals);
+    # "coupling": it sees (Q_i - Q_j) rho_ij itself (models.coupling_channels).
     embedding: str = "diagonal"
     # PARC's integrator input: "derivative" (the paper's) or "state_and_derivative".
     integrator_input: str = "derivative"
@@ -94,9 +95,9 @@ class ModelConfig:
         if self.kind not in ("cnn", "parc"):
             raise ValueError(f"invalid model config: kind must be 'cnn' or 'parc', got "
                              f"{self.kind!r}")
-        if self.embedding not in ("diagonal", "broadcast"):
-            raise ValueError(f"invalid model config: embedding must be 'diagonal' or "
-                             f"'broadcast', got {self.embedding!r}")
+        if self.embedding not in ("diagonal", "broadcast", "coupling"):
+            raise ValueError(f"invalid model config: embedding must be 'diagonal', "
+                             f"'broadcast' or 'coupling', got {self.embedding!r}")
         if self.integrator_input not in ("derivative", "state_and_derivative"):
             raise ValueError(f"invalid model config: integrator_input must be 'derivative' or "
                              f"'state_and_derivative', got {self.integrator_input!r}")

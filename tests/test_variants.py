@@ -1,5 +1,5 @@
-"""The model options beyond the paper: the broadcast embedding and PARC's state-aware
-integrator keep the symmetries of the dynamics, save and reload, and train."""
+"""The model options beyond the paper: the broadcast and coupling embeddings and PARC's
+state-aware integrator keep the symmetries of the dynamics, save and reload, and train."""
 import dataclasses
 
 import keras
@@ -15,7 +15,9 @@ from test_models import SCALES, assert_states_close, random_state, shift
 VARIANTS = [("cnn", {"embedding": "broadcast"}),
             ("parc", {"embedding": "broadcast"}),
             ("parc", {"integrator_input": "state_and_derivative"}),
-            ("parc", {"embedding": "broadcast", "integrator_input": "state_and_derivative"})]
+            ("parc", {"embedding": "broadcast", "integrator_input": "state_and_derivative"}),
+            ("cnn", {"embedding": "coupling"}),
+            ("parc", {"embedding": "coupling", "integrator_input": "state_and_derivative"})]
 
 
 def variant(kind: str, **options) -> models.HolsteinModel:
@@ -39,16 +41,29 @@ def test_broadcast_channels_hold_each_sites_q_and_p_along_its_row_and_column():
                                       np.broadcast_to(2.0 * values, (2, 6, 6)))
 
 
+def test_coupling_channels_hold_the_coupling_term_of_the_equations_of_motion():
+    state = random_state(2, 6)
+    image = models.encode(state)
+    embedded = models.coupling_channels(tf.concat([image, 2.0 * image], axis=-1)).numpy()
+    assert embedded.shape == (2, 6, 6, 12)
+    np.testing.assert_array_equal(embedded[..., :8], tf.concat([image, 2.0 * image], -1))
+    Q, rho = state["Q"].astype(np.float64), state["rho"].astype(np.complex128)
+    coupling = (Q[:, :, None] - Q[:, None, :]) * rho  # -i g times it is in d rho / dt
+    for k, factor in ((8, 1.0), (10, 4.0)):  # the second image's Q and rho are both doubled
+        np.testing.assert_allclose(embedded[..., k], factor * coupling.real, atol=1e-6)
+        np.testing.assert_allclose(embedded[..., k + 1], factor * coupling.imag, atol=1e-6)
+    assert np.abs(np.diagonal(embedded[..., 8:], axis1=1, axis2=2)).max() == 0
+
+
 @pytest.mark.parametrize("kind, options", VARIANTS)
 def test_variants_add_only_input_conv_weights(kind, options):
     """Each extra input channel costs one 3 x 3 kernel per hidden channel of the input conv."""
     plain, model = variant(kind), variant(kind, **options)
     C, k2 = 8, 9
-    extra = 0
-    if options.get("embedding") == "broadcast":
-        extra += 4 * C * k2 * (2 if kind == "parc" else 1)  # each network's input image
+    per_image = 4 + models.EMBEDDING_CHANNELS[options.get("embedding", "diagonal")]
+    extra = (per_image - 4) * C * k2 * (2 if kind == "parc" else 1)  # each network's input
     if options.get("integrator_input") == "state_and_derivative":
-        extra += 4 * C * k2 * (2 if options.get("embedding") == "broadcast" else 1)
+        extra += per_image * C * k2  # the state's image into the integrator
     assert model.count_params() - plain.count_params() == extra + (
         4 if options.get("integrator_input") else 0)  # + the state's 4 input scales
     state = random_state(3, 8)
@@ -106,7 +121,7 @@ def test_state_aware_integrator_sees_the_state():
 
 
 def test_bad_options_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid embeddings: diagonal, broadcast"):
+    with pytest.raises(ValueError, match="valid embeddings: diagonal, broadcast, coupling"):
         variant("cnn", embedding="rows")
     with pytest.raises(ValueError, match="needs a PARC model"):
         variant("cnn", integrator_input="state_and_derivative")

@@ -14,10 +14,12 @@ constant follow the reference PyTorch implementation, so that its checkpoints
 load (`tf_holstein.convert`) and reproduce its outputs.
 
 Two options go beyond the paper (both off by default, so the reference's checkpoints
-load unchanged). `embedding="broadcast"` adds each image's Q and P broadcast along rows
-(Q_i at every (i, j)) and along columns (Q_j): the coupling term g (Q_i - Q_j) rho_ij of
-d rho_ij / dt then sits at its pixel, which a diagonal-only 3 x 3 stack of radius R sees
-only for |i - j| <= R. PARC's `integrator_input="state_and_derivative"` feeds the
+load unchanged). The coupling term g (Q_i - Q_j) rho_ij of d rho_ij / dt needs Q_i and Q_j
+at pixel (i, j), which a diagonal-only 3 x 3 stack of radius R sees only for |i - j| <= R.
+`embedding="broadcast"` adds each image's Q and P broadcast along rows (Q_i at every
+(i, j)) and along columns (Q_j); `embedding="coupling"` adds the products (Q_i - Q_j) rho_ij
+themselves (real and imaginary parts), so that the whole right-hand side of the equations of
+motion is linear in the network's input. PARC's `integrator_input="state_and_derivative"` feeds the
 integrator the state beside the derivative (as PARCv2 does), so that it can correct
 errors of its input state instead of only integrating D(u).
 
@@ -56,9 +58,11 @@ class Architecture:
     kernel_size: int = 3
 
 
-# How a network sees a 4-channel image: as is ("diagonal", the paper's), or with Q and P
-# also broadcast along rows and columns ("broadcast", 4 more channels per image).
-EMBEDDINGS = ("diagonal", "broadcast")
+# How a network sees a 4-channel image: as is ("diagonal", the paper's), with Q and P also
+# broadcast along rows and columns ("broadcast"), or with (Q_i - Q_j) rho_ij ("coupling"):
+# the extra channels per image.
+EMBEDDING_CHANNELS = {"diagonal": 0, "broadcast": 4, "coupling": 2}
+EMBEDDINGS = tuple(EMBEDDING_CHANNELS)
 # What PARC's integrator sees: the derivative (the paper's) or the state and the derivative.
 INTEGRATOR_INPUTS = ("derivative", "state_and_derivative")
 
@@ -101,6 +105,31 @@ def broadcast_diagonals(image: tf.Tensor) -> tf.Tensor:
             rows = tf.broadcast_to(values[:, :, None], tf.shape(image[..., 0]))
             extra += [rows, tf.transpose(rows, [0, 2, 1])]
     return tf.concat([image, tf.stack(extra, axis=-1)], axis=-1)
+
+
+def coupling_channels(image: tf.Tensor) -> tf.Tensor:
+    """`[batch, L, L, 4k]` -> `[batch, L, L, 6k]`: each 4-channel group's (Q_i - Q_j) Re rho_ij
+    and (Q_i - Q_j) Im rho_ij appended.
+
+    They are the coupling term of d rho_ij / dt (docs/physics.md) up to the factor -i g.
+    Local functions of the pixel and of the diagonal, they transform under translations and
+    particle-hole (computed after it) as the state does.
+    """
+    extra = []
+    for group in range(image.shape[-1] // 4):
+        Q = tf.linalg.diag_part(image[..., 4 * group + 2])  # [batch, L]
+        difference = Q[:, :, None] - Q[:, None, :]
+        extra += [difference * image[..., 4 * group], difference * image[..., 4 * group + 1]]
+    return tf.concat([image, tf.stack(extra, axis=-1)], axis=-1)
+
+
+def embed(image: tf.Tensor, embedding: str) -> tf.Tensor:
+    """The network input of an image of one or more 4-channel groups under `embedding`."""
+    if embedding == "broadcast":
+        return broadcast_diagonals(image)
+    if embedding == "coupling":
+        return coupling_channels(image)
+    return image
 
 
 def _state_mask(image: tf.Tensor) -> tf.Tensor:
@@ -223,13 +252,12 @@ class _ScaledNetwork(keras.layers.Layer):
                                         initializer=keras.initializers.Constant(in_scale))
         self.out_scale = self.add_weight(name="out_scale", shape=(4,), trainable=False,
                                          initializer=keras.initializers.Constant(out_scale))
-        embedded = input_shape[-1] * (2 if self.embedding == "broadcast" else 1)
+        groups = input_shape[-1] // 4
+        embedded = input_shape[-1] + groups * EMBEDDING_CHANNELS[self.embedding]
         self.network.build((*input_shape[:-1], embedded))
 
     def call(self, images: Sequence[tf.Tensor], training: bool | None = None) -> tf.Tensor:
-        image = tf.concat(list(images), axis=-1) * self.in_scale
-        if self.embedding == "broadcast":
-            image = broadcast_diagonals(image)
+        image = embed(tf.concat(list(images), axis=-1) * self.in_scale, self.embedding)
         return self.network(image, training=training) * self.out_scale
 
 
