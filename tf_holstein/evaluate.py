@@ -2,10 +2,12 @@
 
     python -m tf_holstein.evaluate --model runs/shallow --data data_test/shallow_L16 \
         [--split test] [--n_traj N] [--steps T] [--out DIR]
+    python -m tf_holstein.evaluate --predictions FILE.npz --data DIR --split test --out OUT
 
 The command line of `tf_holstein.evaluation`, which rolls the model out against the stored
-trajectories, computes the metrics and writes `metrics.json`, `order_parameters.npz` and
-the figures (docs/evaluation.md). Prints the headline numbers as JSON.
+trajectories (or reads rollouts made elsewhere, `--predictions`), computes the metrics and
+writes `metrics.json`, `order_parameters.npz` and the figures (docs/evaluation.md). Prints
+the headline numbers as JSON.
 """
 from __future__ import annotations
 
@@ -19,7 +21,11 @@ from absl import app, flags
 
 from tf_holstein import cli, metrics, records, rollout
 from tf_holstein.cli import FLAGS
-from tf_holstein.evaluation import default_out_dir, evaluate, headline
+from tf_holstein.evaluation import (default_out_dir, evaluate, evaluate_predictions, headline,
+                                    predictions_out_dir)
+
+# Flags that set how a model rolls out: they mean nothing for stored predictions.
+MODEL_ONLY = ("n_traj", "steps", "chunk", "noise_contraction", "allow_other_L")
 
 
 def _define_flags() -> None:
@@ -28,12 +34,17 @@ def _define_flags() -> None:
     flags.DEFINE_string("model", None, "a .keras file, a SavedModel directory, a training "
                         "workdir (its export/saved_model), or 'exact': the RK4 simulator "
                         "restarted from the stored states, the floor of every metric")
+    flags.DEFINE_string("predictions", None, "instead of --model: a .npz of rollouts made "
+                        "elsewhere, in the layout pipelines/batch_inference.py writes (index, "
+                        "Delta_rho, Delta_Q and optionally rho, Q, P; step 0 the initial "
+                        "state of trajectory index[n] of --split)")
     flags.DEFINE_string("data", None, "dataset directory (holding meta.json); default "
                         "<data_dir>/<the --config dataset's name>")
     flags.DEFINE_string("split", "test", "split to evaluate on")
     flags.DEFINE_integer("n_traj", None, "evaluate the first N trajectories (default all)")
     flags.DEFINE_integer("steps", None, "rollout length (default the dataset's saved steps)")
-    flags.DEFINE_string("out", None, "output directory (default <model dir>/eval-<split>)")
+    flags.DEFINE_string("out", None, "output directory (default <model dir>/eval-<split>, "
+                        "or <predictions file>-eval-<split> beside it)")
     flags.DEFINE_integer("eval_batch", rollout.BATCH_SIZE, "trajectories rolled out together")
     flags.DEFINE_integer("chunk", rollout.CHUNK, "steps per rollout call (bounds memory)")
     flags.DEFINE_integer("max_lag", metrics.MAX_LAG, "largest autocorrelation lag tau, in steps")
@@ -51,7 +62,7 @@ def _define_flags() -> None:
                          "exponent of the exact simulator and of the model from the first N "
                          "initial states (twin rollouts of the evaluated length: costly; 16 "
                          "is a good choice), 0: not")
-    flags.mark_flag_as_required("model")
+    flags.mark_flags_as_mutual_exclusive(["model", "predictions"], required=True)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -60,22 +71,32 @@ def main(argv: Sequence[str]) -> None:
     try:
         data = FLAGS.data or str(Path(FLAGS.data_dir)
                                  / cli.config_from_flags(sections=["data"]).data.dataset_name)
-        result = evaluate(
-            FLAGS.model, data, split=FLAGS.split, n_traj=FLAGS.n_traj, steps=FLAGS.steps,
-            out_dir=FLAGS.out, batch_size=FLAGS.eval_batch, chunk=FLAGS.chunk,
+        common = dict(
+            split=FLAGS.split, out_dir=FLAGS.out, batch_size=FLAGS.eval_batch,
             max_lag=FLAGS.max_lag,
             snapshot_steps=[int(s) for s in FLAGS.snapshot_steps]
             if FLAGS.snapshot_steps else None,
             snapshot_trajectory=FLAGS.snapshot_trajectory,
-            divergence_factor=FLAGS.divergence_factor, allow_other_L=FLAGS.allow_other_L,
-            noise_levels=[float(x) for x in FLAGS.noise_contraction or ()],
+            divergence_factor=FLAGS.divergence_factor,
             lyapunov_trajectories=FLAGS.lyapunov_trajectories, progress=FLAGS.progress)
+        if FLAGS.predictions:
+            given = [name for name in MODEL_ONLY if FLAGS[name].present]
+            if given:
+                raise ValueError(f"--{', --'.join(given)} set how a model rolls out; they do "
+                                 f"not apply to --predictions")
+            result = evaluate_predictions(FLAGS.predictions, data, **common)
+            out = FLAGS.out or predictions_out_dir(FLAGS.predictions, FLAGS.split)
+        else:
+            result = evaluate(
+                FLAGS.model, data, n_traj=FLAGS.n_traj, steps=FLAGS.steps, chunk=FLAGS.chunk,
+                allow_other_L=FLAGS.allow_other_L,
+                noise_levels=[float(x) for x in FLAGS.noise_contraction or ()], **common)
+            out = FLAGS.out or default_out_dir(FLAGS.model, FLAGS.split)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
     except tf.errors.OpError as e:
         sys.exit(f"evaluate: error: {records.error_text(e)}")
-    print(json.dumps({"out": str(FLAGS.out or default_out_dir(FLAGS.model, FLAGS.split)),
-                      **headline(result)}, indent=2))
+    print(json.dumps({"out": str(out), **headline(result)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,15 +24,16 @@ import io
 import itertools
 import json
 import math
+import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_holstein import (climate, climate_plots, diagnostics, export, metrics, models, plots,
-                         records, rollout)
+from tf_holstein import (climate, climate_plots, diagnostics, export, metrics, models, physics,
+                         plots, records, rollout)
 
 SNAPSHOT_HORIZON = 48  # default snapshot steps span 0..48, as in the paper's Fig. 3
 SNAPSHOT_COUNT = 5
@@ -169,15 +170,18 @@ def check_protocol(metadata: Mapping[str, Any], meta: Mapping[str, Any],
 
 
 # -- streaming rollout ----------------------------------------------------------------------
-def truth_batches(dataset_dir: str | Path, split: str, n_traj: int, batch_size: int
-                  ) -> Iterator[dict[str, np.ndarray]]:
-    """The first n_traj trajectories of a split, in shard order, `batch_size` at a time:
-    `rho` complex64 [B, T+1, L, L], `Q`, `P` float32 [B, T+1, L], `index` int64 [B]."""
+def truth_batches(dataset_dir: str | Path, split: str, n_traj: int, batch_size: int,
+                  indices: Collection[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The first n_traj trajectories of a split (of those whose index is in `indices`, if
+    given), in shard order, `batch_size` at a time: `rho` complex64 [B, T+1, L, L], `Q`, `P`
+    float32 [B, T+1, L], `index` int64 [B]."""
     meta = records.read_meta(dataset_dir)
     shards = records.complete_shards(dataset_dir, split, meta)
+    wanted = None if indices is None else {int(i) for i in indices}
     trajectories = itertools.islice(
         (trajectory for path in shards
-         for trajectory in records.iterate_shard(path, records.STATE_KEYS)), n_traj)
+         for trajectory in records.iterate_shard(path, records.STATE_KEYS)
+         if wanted is None or int(trajectory["index"]) in wanted), n_traj)
     L, T = meta["L"], meta["T"]
     while batch := list(itertools.islice(trajectories, batch_size)):
         arrays = {key: np.stack([t[key] for t in batch]) for key in batch[0]}
@@ -199,6 +203,98 @@ def transitions(dataset_dir: str | Path, split: str, n_traj: int, batch_size: in
             targets.append(batch[key][:, steps + 1].reshape(-1, *batch[key].shape[2:]))
     return ({key: np.concatenate(states) for key, (states, _) in parts.items()},
             {key: np.concatenate(targets) for key, (_, targets) in parts.items()})
+
+
+# -- predictions from any framework ---------------------------------------------------------
+def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """The rollouts in a predictions `.npz` as pipelines/batch_inference.py writes them:
+    `index` int [N] (trajectory numbers of a split), `Delta_rho`, `Delta_Q` [N, steps+1] and
+    optionally `rho` complex [N, steps+1, L, L], `Q`, `P` [N, steps+1, L], all three or none;
+    step 0 is the initial state. Non-finite values are allowed (a diverged rollout)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable .npz of arrays: {e}") from None
+    missing = [key for key in ("index", *metrics.ORDER_PARAMETERS) if key not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: a predictions file holds index, "
+                         f"Delta_rho, Delta_Q and optionally rho, Q, P (the layout of "
+                         f"pipelines/batch_inference.py)")
+    states = [key for key in records.STATE_KEYS if key in arrays]
+    if states and len(states) < len(records.STATE_KEYS):
+        raise ValueError(f"{path} holds {', '.join(states)} but not all of rho, Q, P: give "
+                         f"every state array or none")
+    index, shape = arrays["index"], arrays["Delta_rho"].shape
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"{path}: index must be integers [N], got {index.dtype} "
+                         f"{list(index.shape)}")
+    if len(np.unique(index)) != len(index):
+        raise ValueError(f"{path}: index names a trajectory more than once")
+    if len(shape) != 2 or shape[0] != len(index) or arrays["Delta_Q"].shape != shape:
+        raise ValueError(f"{path}: Delta_rho {list(shape)} and Delta_Q "
+                         f"{list(arrays['Delta_Q'].shape)} must both be [N, steps+1] with "
+                         f"N = {len(index)}, the length of index")
+    if states:
+        L = arrays["Q"].shape[-1]
+        for key, tail in (("rho", (L, L)), ("Q", (L,)), ("P", (L,))):
+            if arrays[key].shape != (*shape, *tail):
+                raise ValueError(f"{path}: {key} has shape {list(arrays[key].shape)}, "
+                                 f"expected {[*shape, *tail]} beside Delta_rho {list(shape)}")
+    return {key: arrays[key] for key in ("index", *metrics.ORDER_PARAMETERS, *states)}
+
+
+def replay(predictions: Mapping[str, np.ndarray], batches: Iterator[dict[str, np.ndarray]],
+           source: str) -> tuple[rollout.RolloutFn, Iterator[dict[str, np.ndarray]]]:
+    """Stored rollouts (`read_predictions`) as a rollout for `rollout.against_truth`, with
+    the truth `batches` it is to be run on (wrapped to follow them): each batch is answered
+    with the stored rows of its trajectory indices, chunk after chunk; the states if stored,
+    else the order parameters alone. Step 0 must be the truth's initial state, to float32
+    rounding (of a mean over L sites for the order parameters), else the predictions were
+    made from another split, dataset or start step."""
+    row_of = {int(i): row for row, i in enumerate(predictions["index"])}
+    keys = [key for key in records.STATE_KEYS if key in predictions] or \
+        list(metrics.ORDER_PARAMETERS)
+    cursor: dict[str, Any] = {}
+
+    def followed() -> Iterator[dict[str, np.ndarray]]:
+        for batch in batches:
+            cursor.update(rows=np.array([row_of[int(i)] for i in batch["index"]]), step=0,
+                          index=batch["index"])
+            yield batch
+
+    def replayed(state: Mapping[str, np.ndarray], n_steps: int) -> rollout.State:
+        rows, step = cursor["rows"], cursor["step"]
+        if step == 0:
+            _check_start(predictions, rows, state, cursor["index"], source)
+        cursor["step"] = step + n_steps
+        return {key: predictions[key][rows, step + 1:step + 1 + n_steps] for key in keys}
+
+    return replayed, followed()
+
+
+def _check_start(predictions: Mapping[str, np.ndarray], rows: np.ndarray,
+                 state: Mapping[str, np.ndarray], index: np.ndarray, source: str) -> None:
+    """Refuses stored rollouts whose step 0 is not the truth's initial `state`."""
+    L = state["Q"].shape[-1]
+    truth = {**state, **dict(zip(metrics.ORDER_PARAMETERS, (np.asarray(x) for x in
+                                 physics.order_parameters(np.asarray(state["rho"], np.complex128),
+                                                          np.asarray(state["Q"], np.float64)))))}
+    eps = float(np.finfo(np.float32).eps)
+    for key in [k for k in records.STATE_KEYS if k in predictions] + \
+            list(metrics.ORDER_PARAMETERS):
+        terms = L if key in metrics.ORDER_PARAMETERS else 1  # a mean over sites, or a copy
+        scale = float(np.max(np.abs(state["rho"] if key == "Delta_rho" else
+                                    state["Q"] if key == "Delta_Q" else truth[key])))
+        stored = predictions[key][rows, 0]
+        with np.errstate(invalid="ignore"):
+            difference = np.abs(stored - truth[key]).reshape(len(rows), -1).max(axis=1)
+        wrong = np.flatnonzero(~(difference <= 2 * terms * eps * scale))
+        if wrong.size:
+            raise ValueError(f"{source}: step 0 of trajectory {index[wrong[0]]} differs from "
+                             f"its initial state in the split ({key} by "
+                             f"{difference[wrong[0]]:.3g}): were the predictions made from "
+                             f"another split, dataset or start step?")
 
 
 def to_json(obj: Any) -> Any:
@@ -234,6 +330,12 @@ def default_out_dir(model_path: str | Path, split: str) -> Path:
     return parent / f"eval-{split}"
 
 
+def predictions_out_dir(path: str | Path, split: str) -> Path:
+    """`<file stem>-eval-<split>` beside a predictions file."""
+    path = Path(path)
+    return path.parent / f"{path.stem}-eval-{split}"
+
+
 def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
              n_traj: int | None = None, steps: int | None = None,
              out_dir: str | Path | None = None, batch_size: int = rollout.BATCH_SIZE,
@@ -255,9 +357,7 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     initial states: twin rollouts, so it costs about 2N more trajectories' rollouts and as
     many of the exact simulator).
     """
-    if split not in records.SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(records.SPLITS)}")
-    meta = records.read_meta(data)
+    meta = _read_meta(data, split)
     if str(model) != EXACT:
         loaded = load_model(model)
     elif out_dir is None:
@@ -274,6 +374,100 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     if not 1 <= steps <= meta["T"]:
         raise ValueError(f"steps must be in 1..{meta['T']} (the dataset's saved steps), got "
                          f"{steps}")
+    # "Far outside the training range" is judged by the model's own training scales;
+    # a dataset made for testing only has none.
+    scales = loaded.metadata.get("model_config", {}).get("scales") or meta["scales"]
+    collected, result = _score(
+        loaded.rollout, truth_batches(data, split, n_traj, batch_size), data, split, meta,
+        n_traj=n_traj, steps=steps, scales=scales, batch_size=batch_size, chunk=chunk,
+        max_lag=max_lag, snapshot_steps=snapshot_steps, snapshot_trajectory=snapshot_trajectory,
+        divergence_factor=divergence_factor, lyapunov_trajectories=lyapunov_trajectories,
+        progress=progress)
+    result["run"].update({
+        "model": str(loaded.path), "model_format": loaded.format,
+        "model_metadata": loaded.metadata, "rollout_seconds": collected.seconds,
+        "sample_steps_per_second": n_traj * steps / max(collected.seconds, 1e-9)})
+    if noise_levels:
+        states, targets = transitions(data, split, n_traj, batch_size, NOISE_EVERY)
+        result["noise_contraction"] = diagnostics.noise_contraction(
+            lambda state: {key: value[:, 0] for key, value in loaded.rollout(state, 1).items()},
+            states, targets, noise_levels)
+    if lyapunov_trajectories:
+        result["lyapunov"] = lyapunov_exponents(loaded.rollout, data, split,
+                                                lyapunov_trajectories, steps, meta)
+    write_results(out_dir if out_dir is not None else default_out_dir(model, split),
+                  collected, result)
+    return result
+
+
+def evaluate_predictions(predictions: str | Path, data: str | Path, *, split: str = "test",
+                         out_dir: str | Path | None = None,
+                         batch_size: int = rollout.BATCH_SIZE, max_lag: int = metrics.MAX_LAG,
+                         snapshot_steps: Sequence[int] | None = None,
+                         snapshot_trajectory: int = 0,
+                         divergence_factor: float = metrics.DIVERGENCE_FACTOR,
+                         lyapunov_trajectories: int = 0, progress: bool = True
+                         ) -> dict[str, Any]:
+    """Scores the rollouts in a predictions file (`read_predictions`; from any framework)
+    against `split` of the dataset `data` as `evaluate` scores a model's, and writes the
+    same files to `out_dir` (default `<file>-eval-<split>` beside it); returns the metrics.
+
+    With states in the file everything is scored (the order parameters computed from the
+    states); with `Delta_rho` and `Delta_Q` alone, what they give: no state errors, no
+    invariants of the prediction, no S(k) and no snapshots, and a trajectory counts as
+    diverged where an order parameter is non-finite or beyond the divergence limits of rho or
+    Q (which bound it). Divergence is judged by the dataset's scales. `lyapunov_trajectories`
+    measures the truth's exponent only (there is no model to twin).
+    """
+    path = Path(predictions)
+    meta = _read_meta(data, split)
+    arrays = read_predictions(path)
+    index, steps = arrays["index"], arrays["Delta_rho"].shape[1] - 1
+    available = meta["splits"][split]["num_trajectories"]
+    outside = index[(index < 0) | (index >= available)]
+    if outside.size:
+        raise ValueError(f"{path}: index holds {outside[0]}, but the {split} split of {data} "
+                         f"has trajectories 0..{available - 1}: are the predictions of "
+                         f"another split or dataset?")
+    if not 1 <= steps <= meta["T"]:
+        raise ValueError(f"{path} holds {steps} steps after the initial state; the "
+                         f"trajectories of {data} have {meta['T']}: predictions can be scored "
+                         f"over 1..{meta['T']} steps")
+    if "Q" in arrays and arrays["Q"].shape[-1] != meta["L"]:
+        raise ValueError(f"{path}: the predictions have L = {arrays['Q'].shape[-1]}, {data} "
+                         f"has L = {meta['L']}")
+    replayed, batches = replay(arrays, truth_batches(data, split, len(index), batch_size,
+                                                     indices=index), f"{path}")
+    collected, result = _score(
+        replayed, batches, data, split, meta, n_traj=len(index), steps=steps,
+        scales=meta["scales"], batch_size=batch_size, chunk=steps, max_lag=max_lag,
+        snapshot_steps=snapshot_steps, snapshot_trajectory=snapshot_trajectory,
+        divergence_factor=divergence_factor, lyapunov_trajectories=lyapunov_trajectories,
+        progress=progress)
+    result["run"].update({"predictions": str(path),
+                          "predictions_hold_states": "Q" in arrays})
+    if lyapunov_trajectories:
+        result["lyapunov"] = lyapunov_exponents(None, data, split, lyapunov_trajectories,
+                                                steps, meta)
+    write_results(out_dir if out_dir is not None else predictions_out_dir(path, split),
+                  collected, result)
+    return result
+
+
+def _read_meta(data: str | Path, split: str) -> dict[str, Any]:
+    if split not in records.SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(records.SPLITS)}")
+    return records.read_meta(data)
+
+
+def _score(rollout_fn: rollout.RolloutFn, batches: Iterator[dict[str, np.ndarray]],
+           data: str | Path, split: str, meta: Mapping[str, Any], *, n_traj: int,
+           steps: int, scales: Mapping[str, float] | None, batch_size: int, chunk: int,
+           max_lag: int, snapshot_steps: Sequence[int] | None, snapshot_trajectory: int,
+           divergence_factor: float, lyapunov_trajectories: int, progress: bool
+           ) -> tuple[rollout.Collected, dict[str, Any]]:
+    """Checks the settings, rolls `rollout_fn` out against the n_traj trajectories of truth
+    in `batches` and computes the metrics and the climate; `run` holds the settings."""
     if batch_size < 1 or chunk < 1 or max_lag < 0:
         raise ValueError(f"need batch_size >= 1, chunk >= 1 and max_lag >= 0, got "
                          f"{batch_size}, {chunk}, {max_lag}")
@@ -287,12 +481,6 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     if not 0 <= lyapunov_trajectories <= n_traj:
         raise ValueError(f"lyapunov_trajectories must be in 0..{n_traj} (the trajectories "
                          f"evaluated), got {lyapunov_trajectories}")
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(model, split)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    # "Far outside the training range" is judged by the model's own training scales;
-    # a dataset made for testing only has none.
-    scales = loaded.metadata.get("model_config", {}).get("scales") or meta["scales"]
     if not scales:
         raise ValueError(f"neither the model nor {data} records training scales to judge "
                          f"divergence by; export the model with tf_holstein.export")
@@ -303,32 +491,28 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     with tqdm(total=n_traj * steps, disable=not progress, unit=" sample-steps",
               dynamic_ncols=True, desc="rollout") as bar:
         collected = rollout.against_truth(
-            loaded.rollout, truth_batches(data, split, n_traj, batch_size), steps, g, limits,
-            chunk=chunk, snapshot_trajectory=snapshot_trajectory,
-            snapshot_steps=snapshot_steps, progress=bar.update)
+            rollout_fn, batches, steps, g, limits, chunk=chunk,
+            snapshot_trajectory=snapshot_trajectory, snapshot_steps=snapshot_steps,
+            progress=bar.update)
     result = metrics.compute_metrics(collected, meta["L"], max_lag)
     result.update(climate_of(collected, meta["time_step"]))
     result["run"] = {
-        "model": str(loaded.path), "model_format": loaded.format,
-        "model_metadata": loaded.metadata, "data": str(data), "split": split,
-        "L": meta["L"], "g_f": g, "time_step": meta["time_step"], "steps": steps,
-        "n_trajectories": n_traj, "divergence_factor": divergence_factor,
-        "divergence_limits": limits, "snapshot_steps": snapshot_steps,
-        "snapshot_trajectory": snapshot_trajectory,
-        "rollout_seconds": collected.seconds,
-        "sample_steps_per_second": n_traj * steps / max(collected.seconds, 1e-9)}
-    if noise_levels:
-        states, targets = transitions(data, split, n_traj, batch_size, NOISE_EVERY)
-        result["noise_contraction"] = diagnostics.noise_contraction(
-            lambda state: {key: value[:, 0] for key, value in loaded.rollout(state, 1).items()},
-            states, targets, noise_levels)
-    if lyapunov_trajectories:
-        result["lyapunov"] = lyapunov_exponents(loaded.rollout, data, split,
-                                                lyapunov_trajectories, steps, meta)
+        "data": str(data), "split": split, "L": meta["L"], "g_f": g,
+        "time_step": meta["time_step"], "steps": steps, "n_trajectories": n_traj,
+        "divergence_factor": divergence_factor, "divergence_limits": limits,
+        "snapshot_steps": snapshot_steps, "snapshot_trajectory": snapshot_trajectory}
+    return collected, result
+
+
+def write_results(out_dir: str | Path, collected: rollout.Collected,
+                  result: Mapping[str, Any]) -> None:
+    """metrics.json, order_parameters.npz and the figures, into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     records.write_json(out_dir / "metrics.json", to_json(result))
     _write_traces(out_dir / "order_parameters.npz", collected)
-    write_figures(out_dir, collected, result, meta["time_step"], snapshot_steps)
-    return result
+    write_figures(out_dir, collected, result, result["run"]["time_step"],
+                  result["run"]["snapshot_steps"])
 
 
 def climate_of(collected: rollout.Collected, time_step: float) -> dict[str, Any]:
@@ -376,13 +560,14 @@ def _write_traces(path: Path, collected: rollout.Collected) -> None:
 
 def write_figures(out_dir: Path, collected: rollout.Collected, result: Mapping[str, Any],
                   time_step: float, snapshot_steps: Sequence[int]) -> None:
-    """snapshots.png, order_parameters.png (the first non-diverged trajectories and the
-    ensemble bands), autocorrelation.png and, if computed, the climate's figures
-    (`climate_plots.write_climate_figures`)."""
+    """snapshots.png (if the prediction has states), order_parameters.png (the first
+    non-diverged trajectories and the ensemble bands), autocorrelation.png and, if
+    computed, the climate's figures (`climate_plots.write_climate_figures`)."""
     snapshots = collected.snapshots
-    plots.save_figure(plots.snapshot_figure(snapshots["truth"], snapshots["prediction"],
-                                            snapshot_steps, time_step),
-                      out_dir / "snapshots.png")
+    if snapshots["prediction"]:
+        plots.save_figure(plots.snapshot_figure(snapshots["truth"], snapshots["prediction"],
+                                                snapshot_steps, time_step),
+                          out_dir / "snapshots.png")
     traces = {f"{prefix}_{name}": getattr(collected, source)[name]
               for prefix, source in (("true", "truth"), ("pred", "prediction"))
               for name in metrics.ORDER_PARAMETERS}

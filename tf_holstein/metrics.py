@@ -121,7 +121,12 @@ def state_statistics(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, g: float
 
 def out_of_range(state: Mapping[str, np.ndarray], limits: Mapping[str, float]) -> np.ndarray:
     """True where a state is non-finite or exceeds the limits: rho complex [..., L, L]
-    (real and imaginary parts each), Q, P [..., L] -> bool [...]."""
+    (real and imaginary parts each), Q, P [..., L] -> bool [...]. Of order parameters alone
+    (Delta_rho, Delta_Q [...], stored predictions without states) by the limits of rho and
+    Q, which bound them: a mean of s_i x_i exceeds a limit only if some |x_i| does."""
+    if "rho" not in state:
+        return ~((np.abs(state["Delta_rho"]) <= limits["rho"])
+                 & (np.abs(state["Delta_Q"]) <= limits["Q"]))
     rho = state["rho"]
     inside = (np.abs(rho.real) <= limits["rho"]) & (np.abs(rho.imag) <= limits["rho"])
     ok = inside.all(axis=(-2, -1))
@@ -142,7 +147,8 @@ def invariant_drifts(collected: Collected, L: int) -> dict[str, dict[str, np.nda
 
     energy_rel_drift (E(t) - E(0)) / |E(0)|; trace_drift |Tr rho - L/2|; hermiticity_error
     max_ij |rho - rho^H|; purity_drift Tr(rho rho^H)(t) - Tr(rho rho^H)(0). E(0) and the
-    initial purity are the stored initial state's, which the prediction starts from.
+    initial purity are the stored initial state's, which the prediction starts from. A
+    prediction of the order parameters alone has none.
     """
     energy0 = collected.initial["energy"][:, None]
     purity0 = collected.initial["purity"][:, None]
@@ -150,6 +156,8 @@ def invariant_drifts(collected: Collected, L: int) -> dict[str, dict[str, np.nda
     with np.errstate(over="ignore", invalid="ignore"):
         for source in ("truth", "prediction"):
             values = getattr(collected, source)
+            if "energy" not in values:
+                continue
             out[source] = {
                 "energy_rel_drift": (values["energy"] - energy0) / np.abs(energy0),
                 "trace_drift": np.abs(values["trace"] - L / 2),
@@ -163,22 +171,24 @@ def compute_metrics(collected: Collected, L: int, max_lag: int = MAX_LAG,
     """Everything metrics.json reports (non-finite numbers as NaN; see `to_json`).
 
     Errors, statistics and invariants of the prediction use the non-diverged trajectories
-    only, and are None if every trajectory diverged; ground-truth statistics use all.
+    only, and are None if every trajectory diverged; ground-truth statistics use all. A
+    prediction of the order parameters alone (no `mse`) has no state errors (`state_rmse`
+    None) and no invariants.
     """
     kept = collected.first_diverged == 0
-    n, steps = collected.mse["Q"].shape
+    n, steps = collected.truth["Delta_Q"].shape
     max_lag = min(max_lag, steps - 1)
     per_trajectory: dict[str, Any] = {"index": collected.index,
                                       "first_diverged_step": [int(s) or None for s in
                                                               collected.first_diverged]}
     per_step: dict[str, Any] = {"rmse": {key: _rms(collected.mse[key][kept], axis=0,
                                                    squared=True)
-                                         for key in records.STATE_KEYS}}
+                                         for key in records.STATE_KEYS if collected.mse}}
     summary: dict[str, Any] = {
         "n_trajectories": n, "n_diverged": int((~kept).sum()), "n_kept": int(kept.sum()),
         "steps": steps,
         "state_rmse": {key: _rms(collected.mse[key][kept], squared=True)
-                       for key in records.STATE_KEYS}}
+                       for key in records.STATE_KEYS} if collected.mse else None}
     autocorrelations: dict[str, Any] = {"max_lag": max_lag}
     bands: dict[str, Any] = {"percentiles": list(percentiles)}
     for name in ORDER_PARAMETERS:
@@ -213,6 +223,8 @@ def compute_metrics(collected: Collected, L: int, max_lag: int = MAX_LAG,
     physics_metrics: dict[str, Any] = {}
     drifts = invariant_drifts(collected, L)
     for source, rows in (("truth", slice(None)), ("prediction", kept)):
+        if source not in drifts:
+            continue
         physics_metrics[source] = {}
         for name, values in drifts[source].items():
             values = np.abs(values[rows])

@@ -72,11 +72,14 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
     `evaluation.truth_batches`); limits: `metrics.divergence_limits`. Each chunk's last
     predicted state is fed back as the next chunk's input, so memory is
     O(batch * chunk * L^2) however long the rollout; chunking does not change the result.
-    progress(n) is called with the sample-steps done.
+    A rollout may return the order parameters alone (`Delta_rho`, `Delta_Q` [B, n]: stored
+    predictions replayed, `evaluation.replay`); then only they are scored, and `mse`,
+    `structure_factors` and the predicted snapshots are empty. progress(n) is called with
+    the sample-steps done.
     """
     parts: dict[str, list] = {}
-    snapshots = {"truth": [], "prediction": []}
-    offset, seconds = 0, 0.0
+    snapshots: dict[str, list] = {"truth": [], "prediction": []}
+    offset, seconds, states = 0, 0.0, True
     for batch in batches:
         size = batch["rho"].shape[0]
         truth = {key: batch[key][:, :steps + 1] for key in records.STATE_KEYS}
@@ -94,27 +97,24 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
             tic = time.perf_counter()
             predicted = rollout(state, n)  # [B, n, ...]
             seconds += time.perf_counter() - tic
+            states = "rho" in predicted
             window = {key: value[:, start + 1:start + n + 1] for key, value in truth.items()}
             rows["truth"].append(metrics.state_statistics(window["rho"], window["Q"],
                                                           window["P"], g))
-            rows["prediction"].append(metrics.state_statistics(
-                predicted["rho"], predicted["Q"], predicted["P"], g))
             rows["bad"].append(metrics.out_of_range(predicted, limits))
-            with np.errstate(over="ignore", invalid="ignore"):
-                for source, Q in (("truth", window["Q"]), ("prediction", predicted["Q"])):
-                    rows[f"S_{source}"].append(climate.structure_factor(Q)[1].sum(axis=1))
-                for key in records.STATE_KEYS:
-                    error = np.abs(predicted[key].astype(np.complex128 if key == "rho"
-                                                         else np.float64) - window[key]) ** 2
-                    rows[f"mse_{key}"].append(error.mean(axis=(-2, -1) if key == "rho"
-                                                         else -1))
-            if keep_snapshots:
-                for step in snapshot_steps:
-                    if start < step <= start + n:
-                        snapshots["truth"].append({k: v[local, step - start - 1]
-                                                   for k, v in window.items()})
-                        snapshots["prediction"].append({k: v[local, step - start - 1]
-                                                        for k, v in predicted.items()})
+            if not states:
+                rows["prediction"].append({name: predicted[name]
+                                           for name in metrics.ORDER_PARAMETERS})
+            else:
+                rows["prediction"].append(metrics.state_statistics(
+                    predicted["rho"], predicted["Q"], predicted["P"], g))
+                _errors(rows, predicted, window)
+                if keep_snapshots:
+                    for step in snapshot_steps:
+                        if start < step <= start + n:
+                            for source, values in (("truth", window), ("prediction", predicted)):
+                                snapshots[source].append({key: value[local, step - start - 1]
+                                                          for key, value in values.items()})
             state = {key: value[:, -1] for key, value in predicted.items()}
             if progress:
                 progress(size * n)
@@ -125,22 +125,37 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
                                     for key in rows[source][0]})
         bad = np.concatenate(rows["bad"], axis=1)
         _append(parts, "first_diverged", np.where(bad.any(axis=1), bad.argmax(axis=1) + 1, 0))
-        _append(parts, "mse", {key: np.concatenate(rows[f"mse_{key}"], axis=1)
-                               for key in records.STATE_KEYS})
         _append(parts, "index", batch["index"])
-        _append(parts, "structure_factors", {source: sum(rows[f"S_{source}"]) / steps
-                                             for source in snapshots})
+        if states:
+            _append(parts, "mse", {key: np.concatenate(rows[f"mse_{key}"], axis=1)
+                                   for key in records.STATE_KEYS})
+            _append(parts, "structure_factors", {source: sum(rows[f"S_{source}"]) / steps
+                                                 for source in snapshots})
         offset += size
     if not offset:
         raise ValueError("no trajectories to evaluate")
     merged = {name: _concatenate(values) for name, values in parts.items()}
     return Collected(index=merged["index"], initial=merged["initial"], truth=merged["truth"],
-                     prediction=merged["prediction"], mse=merged["mse"],
+                     prediction=merged["prediction"], mse=merged.get("mse", {}),
                      first_diverged=merged["first_diverged"],
-                     snapshots={source: {key: np.stack([s[key] for s in states])
-                                         for key in records.STATE_KEYS} if states else {}
-                                for source, states in snapshots.items()},
-                     seconds=seconds, structure_factors=merged["structure_factors"])
+                     snapshots={source: {key: np.stack([s[key] for s in kept])
+                                         for key in records.STATE_KEYS}
+                                if kept and states else {}
+                                for source, kept in snapshots.items()},
+                     seconds=seconds, structure_factors=merged.get("structure_factors"))
+
+
+def _errors(rows: dict[str, list], predicted: Mapping[str, np.ndarray],
+            truth: Mapping[str, np.ndarray]) -> None:
+    """Appends a chunk's mean squared errors over sites of rho, Q, P [B, n] and the summed
+    structure factors of its truth and prediction [B, L/2 + 1] to `rows`."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for source, Q in (("truth", truth["Q"]), ("prediction", predicted["Q"])):
+            rows[f"S_{source}"].append(climate.structure_factor(Q)[1].sum(axis=1))
+        for key in records.STATE_KEYS:
+            error = np.abs(predicted[key].astype(np.complex128 if key == "rho"
+                                                 else np.float64) - truth[key]) ** 2
+            rows[f"mse_{key}"].append(error.mean(axis=(-2, -1) if key == "rho" else -1))
 
 
 def _append(parts: dict[str, list], name: str, value: Any) -> None:
