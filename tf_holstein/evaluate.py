@@ -3,26 +3,28 @@
     python -m tf_holstein.evaluate --model runs/shallow --data data_test/shallow_L16 \
         [--split test] [--n_traj N] [--steps T] [--out DIR]
     python -m tf_holstein.evaluate --predictions FILE.npz --data DIR --split test --out OUT
+    python -m tf_holstein.evaluate --model runs/seed1 --model runs/seed2 --data DIR --out OUT
 
 The command line of `tf_holstein.evaluation`, which rolls the model out against the stored
 trajectories (or reads rollouts made elsewhere, `--predictions`), computes the metrics and
 writes `metrics.json`, `order_parameters.npz` and the figures (docs/evaluation.md). Prints
-the headline numbers as JSON.
+the headline numbers as JSON. Several models (`--model` repeated, or `--predictions`
+repeated) are each evaluated into OUT/<name> and compared in OUT (`tf_holstein.comparison`:
+comparison.md, comparison.json and overlay figures); it prints each number's median and
+range over the models.
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import cli, metrics, records, rollout
+from tf_holstein import cli, comparison, evaluation, metrics, records, rollout
 from tf_holstein.cli import FLAGS
-from tf_holstein.evaluation import (default_out_dir, evaluate, evaluate_predictions, headline,
-                                    predictions_out_dir)
 
 # Flags that set how a model rolls out: they mean nothing for stored predictions.
 MODEL_ONLY = ("n_traj", "steps", "chunk", "noise_contraction", "allow_other_L")
@@ -31,20 +33,24 @@ MODEL_ONLY = ("n_traj", "steps", "chunk", "noise_contraction", "allow_other_L")
 def _define_flags() -> None:
     """The command's own flags, defined only when run as a command (no global clashes);
     --config, --data_dir and --progress come from tf_holstein.cli."""
-    flags.DEFINE_string("model", None, "a .keras file, a SavedModel directory, a training "
-                        "workdir (its export/saved_model), or 'exact': the RK4 simulator "
-                        "restarted from the stored states, the floor of every metric")
-    flags.DEFINE_string("predictions", None, "instead of --model: a .npz of rollouts made "
-                        "elsewhere, in the layout pipelines/batch_inference.py writes (index, "
-                        "Delta_rho, Delta_Q and optionally rho, Q, P; step 0 the initial "
-                        "state of trajectory index[n] of --split)")
+    flags.DEFINE_multi_string("model", None, "a .keras file, a SavedModel directory, a "
+                              "training workdir (its export/saved_model), or 'exact': the RK4 "
+                              "simulator restarted from the stored states, the floor of every "
+                              "metric; repeat the flag to evaluate and compare several")
+    flags.DEFINE_multi_string("predictions", None, "instead of --model: a .npz of rollouts "
+                              "made elsewhere, in the layout pipelines/batch_inference.py "
+                              "writes (index, Delta_rho, Delta_Q and optionally rho, Q, P; "
+                              "step 0 the initial state of trajectory index[n] of --split); "
+                              "repeat the flag to compare several")
     flags.DEFINE_string("data", None, "dataset directory (holding meta.json); default "
                         "<data_dir>/<the --config dataset's name>")
     flags.DEFINE_string("split", "test", "split to evaluate on")
     flags.DEFINE_integer("n_traj", None, "evaluate the first N trajectories (default all)")
     flags.DEFINE_integer("steps", None, "rollout length (default the dataset's saved steps)")
     flags.DEFINE_string("out", None, "output directory (default <model dir>/eval-<split>, "
-                        "or <predictions file>-eval-<split> beside it)")
+                        "or <predictions file>-eval-<split> beside it); with several models "
+                        "required: each model's results go to OUT/<name>, the comparison "
+                        "to OUT")
     flags.DEFINE_integer("eval_batch", rollout.BATCH_SIZE, "trajectories rolled out together")
     flags.DEFINE_integer("chunk", rollout.CHUNK, "steps per rollout call (bounds memory)")
     flags.DEFINE_integer("max_lag", metrics.MAX_LAG, "largest autocorrelation lag tau, in steps")
@@ -72,31 +78,42 @@ def main(argv: Sequence[str]) -> None:
         data = FLAGS.data or str(Path(FLAGS.data_dir)
                                  / cli.config_from_flags(sections=["data"]).data.dataset_name)
         common = dict(
-            split=FLAGS.split, out_dir=FLAGS.out, batch_size=FLAGS.eval_batch,
-            max_lag=FLAGS.max_lag,
+            split=FLAGS.split, batch_size=FLAGS.eval_batch, max_lag=FLAGS.max_lag,
             snapshot_steps=[int(s) for s in FLAGS.snapshot_steps]
             if FLAGS.snapshot_steps else None,
             snapshot_trajectory=FLAGS.snapshot_trajectory,
             divergence_factor=FLAGS.divergence_factor,
             lyapunov_trajectories=FLAGS.lyapunov_trajectories, progress=FLAGS.progress)
-        if FLAGS.predictions:
-            given = [name for name in MODEL_ONLY if FLAGS[name].present]
-            if given:
-                raise ValueError(f"--{', --'.join(given)} set how a model rolls out; they do "
-                                 f"not apply to --predictions")
-            result = evaluate_predictions(FLAGS.predictions, data, **common)
-            out = FLAGS.out or predictions_out_dir(FLAGS.predictions, FLAGS.split)
-        else:
-            result = evaluate(
-                FLAGS.model, data, n_traj=FLAGS.n_traj, steps=FLAGS.steps, chunk=FLAGS.chunk,
-                allow_other_L=FLAGS.allow_other_L,
+        given = [name for name in MODEL_ONLY if FLAGS[name].present]
+        if FLAGS.predictions and given:
+            raise ValueError(f"--{', --'.join(given)} set how a model rolls out; they do not "
+                             f"apply to --predictions")
+
+        def evaluate_one(source: str, out_dir: str | Path | None) -> dict[str, Any]:
+            if FLAGS.predictions:
+                return evaluation.evaluate_predictions(source, data, out_dir=out_dir, **common)
+            return evaluation.evaluate(
+                source, data, out_dir=out_dir, n_traj=FLAGS.n_traj, steps=FLAGS.steps,
+                chunk=FLAGS.chunk, allow_other_L=FLAGS.allow_other_L,
                 noise_levels=[float(x) for x in FLAGS.noise_contraction or ()], **common)
-            out = FLAGS.out or default_out_dir(FLAGS.model, FLAGS.split)
+
+        sources = FLAGS.predictions or FLAGS.model
+        if len(sources) > 1:
+            if not FLAGS.out:
+                raise ValueError("several models are evaluated into <--out>/<name> and "
+                                 "compared in --out: pass --out")
+            compared = comparison.evaluate_several(evaluate_one, sources, FLAGS.out)
+            printed = {name: {key: entry[key] for key in ("median", "min", "max")}
+                       for name, entry in compared["metrics"].items()}
+        else:
+            printed = evaluation.headline(evaluate_one(sources[0], FLAGS.out))
+        out = FLAGS.out or (evaluation.predictions_out_dir if FLAGS.predictions
+                            else evaluation.default_out_dir)(sources[0], FLAGS.split)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
     except tf.errors.OpError as e:
         sys.exit(f"evaluate: error: {records.error_text(e)}")
-    print(json.dumps({"out": str(out), **headline(result)}, indent=2))
+    print(json.dumps({"out": str(out), **evaluation.to_json(printed)}, indent=2))
 
 
 if __name__ == "__main__":
