@@ -1,4 +1,5 @@
-"""Evaluation of a trained model: long rollouts against ground truth, scored and written.
+"""Evaluation of a trained model, or of rollouts stored by any framework (`--predictions`):
+long rollouts against ground truth, scored and written.
 
 Rolls out (batched) from each trajectory's first state and compares with the stored
 trajectory (docs/physics.md): per-step state RMSE of rho, Q and P; RMSE and RMSE / std
@@ -276,25 +277,25 @@ def replay(predictions: Mapping[str, np.ndarray], batches: Iterator[dict[str, np
 def _check_start(predictions: Mapping[str, np.ndarray], rows: np.ndarray,
                  state: Mapping[str, np.ndarray], index: np.ndarray, source: str) -> None:
     """Refuses stored rollouts whose step 0 is not the truth's initial `state`."""
+    delta_rho, delta_q = (np.asarray(x) for x in physics.order_parameters(
+        np.asarray(state["rho"], np.complex128), np.asarray(state["Q"], np.float64)))
+    # {key: (expected, the values it is made of, how many of them it sums)}: a stored state
+    # is a copy, equal up to one float32 rounding of its values; an order parameter is a
+    # mean over the L sites that its producer may have summed in float32, one rounding each.
     L = state["Q"].shape[-1]
-    truth = {**state, **dict(zip(metrics.ORDER_PARAMETERS, (np.asarray(x) for x in
-                                 physics.order_parameters(np.asarray(state["rho"], np.complex128),
-                                                          np.asarray(state["Q"], np.float64)))))}
-    eps = float(np.finfo(np.float32).eps)
-    for key in [k for k in records.STATE_KEYS if k in predictions] + \
-            list(metrics.ORDER_PARAMETERS):
-        terms = L if key in metrics.ORDER_PARAMETERS else 1  # a mean over sites, or a copy
-        scale = float(np.max(np.abs(state["rho"] if key == "Delta_rho" else
-                                    state["Q"] if key == "Delta_Q" else truth[key])))
-        stored = predictions[key][rows, 0]
+    expected = {**{key: (state[key], state[key], 1) for key in records.STATE_KEYS
+                   if key in predictions},
+                "Delta_rho": (delta_rho, state["rho"], L), "Delta_Q": (delta_q, state["Q"], L)}
+    for key, (value, parts, terms) in expected.items():
+        tolerance = 2 * terms * float(np.finfo(np.float32).eps) * float(np.max(np.abs(parts)))
         with np.errstate(invalid="ignore"):
-            difference = np.abs(stored - truth[key]).reshape(len(rows), -1).max(axis=1)
-        wrong = np.flatnonzero(~(difference <= 2 * terms * eps * scale))
+            difference = np.abs(predictions[key][rows, 0] - value).reshape(len(rows), -1)
+        wrong = np.flatnonzero(~(difference.max(axis=1) <= tolerance))  # NaN is wrong too
         if wrong.size:
             raise ValueError(f"{source}: step 0 of trajectory {index[wrong[0]]} differs from "
                              f"its initial state in the split ({key} by "
-                             f"{difference[wrong[0]]:.3g}): were the predictions made from "
-                             f"another split, dataset or start step?")
+                             f"{difference[wrong[0]].max():.3g}): were the predictions made "
+                             f"from another split, dataset or start step?")
 
 
 def to_json(obj: Any) -> Any:
