@@ -596,18 +596,26 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
            for name in metrics.ORDER_PARAMETERS},
         **{f"{name}_autocorrelation_{key}": summary[name][f"autocorrelation_{key}"]
            for name in metrics.ORDER_PARAMETERS for key in ("max_abs_diff", "sampling_floor")},
-        **{f"selection_{key}": value for key, value in summary["selection"].items()}}
+        **{f"selection_{key}": summary["selection"][key] for key in sorted(summary["selection"])}}
+    # In a fixed order, whether the result is fresh or read back from metrics.json.
     if "distribution" in result:
-        for name, entry in result["distribution"].items():
+        for name in metrics.ORDER_PARAMETERS:
+            entry = result["distribution"][name]
             numbers[f"{name}_wasserstein_1"] = entry["wasserstein_1"]
             numbers[f"{name}_wasserstein_1_sampling_floor"] = entry["sampling_floor"]
-        for name, entry in result["spectrum"].items():
+        for name in (*metrics.ORDER_PARAMETERS, "structure_factor"):
+            if name not in result["spectrum"]:
+                continue
+            entry = result["spectrum"][name]
             prefix = name if name == "structure_factor" else f"{name}_spectrum"
             numbers[f"{prefix}_relative_error"] = entry["relative_error"]
             numbers[f"{prefix}_sampling_floor"] = entry["sampling_floor"]
         numbers["valid_time_median"] = result["valid_time"]["median"]
+        # A median at the last time is a lower bound: say how many never left.
+        numbers["valid_time_censored"] = result["valid_time"]["n_censored"]
         numbers["valid_time_reference_median"] = result["valid_time"]["reference_median"]
     if "lyapunov" in result:
-        for source, entry in result["lyapunov"].items():
+        for source in ("truth", "prediction"):
+            entry = result["lyapunov"][source]
             numbers[f"lyapunov_{source}"] = entry["mean"] if entry else None
     return to_json(numbers)
