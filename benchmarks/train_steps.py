@@ -3,7 +3,7 @@ training time of a config.
 
     python -m tf_holstein.datagen --config shallow --n_train 8 --n_val 0 --n_test 0 \\
         --saved_steps 300 --data_dir /tmp/data
-    python benchmarks/train_steps.py --config shallow --dataset /tmp/data/shallow_L16
+    python benchmarks/train_steps.py --config shallow --dataset /tmp/data/shallow
 
 Runs `Trainer.train_step` on the dataset's batches (the training input pipeline, the
 distribution strategy and the per-step bookkeeping of `Trainer.fit`, without validation)

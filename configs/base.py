@@ -34,7 +34,9 @@ class DataConfig:
 
     @property
     def dataset_name(self) -> str:
-        return f"{self.name}_L{self.L}"
+        """The dataset's directory under the data directory: its name (each preset's is the
+        preset's own; `--name` chooses another, for a protocol changed by other flags)."""
+        return self.name
 
     def split_sizes(self) -> dict[str, int]:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}

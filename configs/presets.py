@@ -29,8 +29,8 @@ DEEP_PAPER = TrainConfig(
                      (3, 4, 8e-3, 2), (3, 4, 1e-2, 2), (3, 8, 1.2e-2, 1), (3, 8, 1.4e-2, 1),
                      (3, 8, 1.6e-2, 1), (3, 8, 1.8e-2, 1), (25, 16, 2e-2, 1))))
 
-# The deep quench sized for 90 minutes on the 2-core CPU (issue 7).
-DEEP_L16 = replace(DEEP, L=16, n_train=128, n_val=8, n_test=64, shard_size=8)
+# The deep quench sized for 90 minutes on the 2-core CPU.
+DEEP_L16 = replace(DEEP, name="deep_L16", L=16, n_train=128, n_val=8, n_test=64, shard_size=8)
 # Conserving (Hermitian, trace-free increments, rho's spectrum kept): without it the trace
 # drifts by ~1e-2 per step and a 1000-step rollout leaves half filling. Selected by the climate.
 DEEP_L16_PARC = ModelConfig(kind="parc", channels=16, n_blocks=1, dropout=0.0, conserve=True)
@@ -44,7 +44,7 @@ DEEP_L16_TRAIN = replace(DEEP_PAPER, lr=1e-3, batch_size=64, warmup_steps=200,
 # of Q sits in the k = 7 pi / 8 mode and the RMS staggered order stays below 1e-2 (README).
 # The paper's 32 validation trajectories: the run keeps the model whose rollouts' climate is
 # closest to theirs, and on 8 two models 0.15 apart cannot be told from sampling noise.
-DEEP_L32 = replace(DEEP, name="deep_cpu", n_train=128, n_val=32, n_test=64, shard_size=8)
+DEEP_L32 = replace(DEEP, name="deep_L32", n_train=128, n_val=32, n_test=64, shard_size=8)
 # Four times the pixels of L = 16 per sample: batch 32 and a shorter curriculum keep the
 # whole run near 45 minutes on the 2-core CPU.
 DEEP_L32_TRAIN = replace(DEEP_L16_TRAIN, batch_size=32,
@@ -53,7 +53,8 @@ DEEP_L32_TRAIN = replace(DEEP_L16_TRAIN, batch_size=32,
 
 PRESETS: dict[str, Config] = {
     "shallow": Config("shallow", SHALLOW, TINY_CNN, SHALLOW_CPU),
-    "shallow_L32": Config("shallow_L32", replace(SHALLOW, L=32), TINY_CNN, SHALLOW_CPU),
+    "shallow_L32": Config("shallow_L32", replace(SHALLOW, name="shallow_L32", L=32), TINY_CNN,
+                          SHALLOW_CPU),
     "deep": Config("deep", DEEP, MEDIUM_PARC, DEEP_PAPER),
     "deep_L16": Config("deep_L16", DEEP_L16, DEEP_L16_PARC, DEEP_L16_TRAIN),
     # The ablation: a standard CNN as wide and as deep as PARC's two networks in series,

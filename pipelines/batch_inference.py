@@ -1,7 +1,7 @@
 """Batch inference with an exported tf-holstein SavedModel. Needs only TensorFlow.
 
     python pipelines/batch_inference.py --model runs/shallow/export/saved_model \
-        --input data/shallow_L16/test-*.tfrecord --steps 1200 --out predictions.tfrecord
+        --input data/shallow/test-*.tfrecord --steps 1200 --out predictions.tfrecord
 
 Reads initial states, rolls each out `--steps` steps through the SavedModel's
 `rollout` signature in batches (and in chunks of steps, the last state fed back, so

@@ -1,7 +1,7 @@
 """What a quench does to a dataset's trajectories: staggered order, its spatial modes, its climate.
 
-    python scripts/quench_statistics.py --data data/deep_L16 data/deep_cpu_L32
-    python scripts/quench_statistics.py --data data/deep_fresh_L32 data/deep_fresh2_L32 --gap
+    python scripts/quench_statistics.py --data data/deep_L16 data/deep_L32
+    python scripts/quench_statistics.py --data data/deep_fresh data/deep_fresh2 --gap
     python scripts/quench_statistics.py --data <smoke_deep dataset> --window 4 --power_steps 6 \
         --lags 1,2 --max_lag 5 --sizes 2,3 --draws 3                  # seconds
 

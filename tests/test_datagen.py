@@ -109,7 +109,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     args = ["--config", "smoke", "--saved_steps", "300", "--n_train", "8", "--n_val", "0",
             "--n_test", "0", "--shard_size", "1"]
     killed = run_datagen(*args, "--data_dir", str(tmp_path / "killed"))
-    dataset = tmp_path / "killed" / "smoke_L8"
+    dataset = tmp_path / "killed" / "smoke"
     deadline = time.time() + 120
     while not list(dataset.glob("*.tfrecord")) and time.time() < deadline:
         time.sleep(0.05)
@@ -119,7 +119,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert 1 <= written < 8, "the run should have been killed part-way"
     assert run_datagen(*args, "--data_dir", str(tmp_path / "killed")).wait() == 0
     assert run_datagen(*args, "--data_dir", str(tmp_path / "clean")).wait() == 0
-    assert shard_bytes(dataset) == shard_bytes(tmp_path / "clean" / "smoke_L8")
+    assert shard_bytes(dataset) == shard_bytes(tmp_path / "clean" / "smoke")
     assert len(shard_bytes(dataset)) == 8 and (dataset / records.META_FILE).exists()
     assert not list(dataset.glob(".*.tmp")), "the rerun removes the killed run's temporaries"
 
@@ -213,7 +213,7 @@ def test_bad_protocols_are_rejected_with_their_reason(overrides, message):
 
 
 def test_name_is_an_overridable_field():
-    assert get_config("smoke", name="mine").data.dataset_name == "mine_L8"
+    assert get_config("smoke", name="mine").data.dataset_name == "mine"
 
 
 def test_unknown_config_lists_the_valid_ones():

@@ -267,7 +267,7 @@ def test_settings_that_cannot_train_on_the_dataset_are_refused_first(data_dir, t
 
 def test_an_empty_training_split_is_refused(tmp_path):
     config = get_config("smoke", n_train=0)
-    with pytest.raises(ValueError, match=r"cannot train: the dataset smoke_L8 has no training "
+    with pytest.raises(ValueError, match=r"cannot train: the dataset smoke has no training "
                                          r"trajectories: generate it with --n_train >= 1"):
         train.run(config, tmp_path / "data", tmp_path / "run", progress=False)
 

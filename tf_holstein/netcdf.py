@@ -1,7 +1,7 @@
 """python -m tf_holstein.netcdf: a dataset split or a predictions file as netCDF-4 (HDF5).
 
-    python -m tf_holstein.netcdf --data data/shallow_L16 [--split test] --out test.nc
-    python -m tf_holstein.netcdf --predictions predictions.npz --data data/shallow_L16 \
+    python -m tf_holstein.netcdf --data data/shallow [--split test] --out test.nc
+    python -m tf_holstein.netcdf --predictions predictions.npz --data data/shallow \
         [--split test] --out predictions.nc
 
 Any netCDF or HDF5 tool reads the result; with the `io` extra (`pip install -e ".[io]"`:
