@@ -92,6 +92,9 @@ class ModelConfig:
     embedding: str = "diagonal"
     # PARC's integrator input: "derivative" (the paper's) or "state_and_derivative".
     integrator_input: str = "derivative"
+    # Advance rho exactly under H(Q) with the lattice frozen over the step; the networks learn
+    # the rest (models.frozen_lattice_propagator; g and the time step come from the dataset).
+    propagate_rho: bool = False
 
     def validate(self) -> "ModelConfig":
         if self.kind not in ("cnn", "parc"):

@@ -1,5 +1,5 @@
-"""The model options beyond the paper: the broadcast and coupling embeddings and PARC's
-state-aware integrator keep the symmetries of the dynamics, save and reload, and train."""
+"""The model options beyond the paper: the broadcast and coupling embeddings, PARC's
+state-aware integrator and rho's propagation at a frozen lattice keep the symmetries of the dynamics, save and reload, and train."""
 import dataclasses
 
 import keras
@@ -17,7 +17,10 @@ VARIANTS = [("cnn", {"embedding": "broadcast"}),
             ("parc", {"integrator_input": "state_and_derivative"}),
             ("parc", {"embedding": "broadcast", "integrator_input": "state_and_derivative"}),
             ("cnn", {"embedding": "coupling"}),
-            ("parc", {"embedding": "coupling", "integrator_input": "state_and_derivative"})]
+            ("parc", {"embedding": "coupling", "integrator_input": "state_and_derivative"}),
+            ("cnn", {"propagate_rho": True, "coupling": 1.0, "time_step": 2.56}),
+            ("parc", {"propagate_rho": True, "coupling": 1.0, "time_step": 2.56,
+                      "integrator_input": "state_and_derivative"})]
 
 
 def variant(kind: str, **options) -> models.HolsteinModel:
@@ -53,6 +56,40 @@ def test_coupling_channels_hold_the_coupling_term_of_the_equations_of_motion():
         np.testing.assert_allclose(embedded[..., k], factor * coupling.real, atol=1e-6)
         np.testing.assert_allclose(embedded[..., k + 1], factor * coupling.imag, atol=1e-6)
     assert np.abs(np.diagonal(embedded[..., 8:], axis1=1, axis2=2)).max() == 0
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_untrained_propagating_model_advances_rho_exactly_at_a_frozen_lattice(kind):
+    """With its output conv at zero a model's step is its physics alone: rho -> U rho U^+,
+    U = exp(-i H(Q) dt) from NumPy in double precision, Q and P unchanged."""
+    g, dt = 1.0, 2.56
+    model = models.build_model(kind, "tiny", SCALES, channels=8, propagate_rho=True,
+                               coupling=g, time_step=dt)
+    state = random_state(3, 8)
+    stepped = model.step(state)
+    L = state["Q"].shape[-1]
+    ring = np.roll(np.eye(L), 1, axis=1) + np.roll(np.eye(L), -1, axis=1)
+    H = -ring - g * state["Q"].astype(np.float64)[:, :, None] * np.eye(L)
+    energies, vectors = np.linalg.eigh(H)
+    U = vectors * np.exp(-1j * dt * energies)[:, None, :] @ np.swapaxes(vectors, 1, 2)
+    expected = U @ state["rho"].astype(np.complex128) @ np.conj(np.swapaxes(U, 1, 2))
+    # float32 eigenpairs (rounding 6e-8 of |H| ~ 3) turned into phases E dt ~ 8: ~1e-6.
+    np.testing.assert_allclose(stepped["rho"].numpy(), expected, atol=2e-5)
+    assert np.abs(expected - state["rho"]).max() > 0.1  # the propagation is not trivial
+    for key in ("Q", "P"):
+        np.testing.assert_array_equal(stepped[key].numpy(), state[key])
+
+
+def test_the_frozen_lattice_propagation_commutes_with_particle_hole():
+    """The exact step does at half filling (models.particle_hole), and so does its part at a
+    frozen lattice: H(-Q) = -S H(Q) S."""
+    def ph(state):
+        return models.decode(models.particle_hole(models.encode(state)))
+
+    model = models.build_model("cnn", "tiny", SCALES, channels=8, propagate_rho=True,
+                               coupling=1.0, time_step=2.56)
+    state = random_state(2, 8)
+    assert_states_close(model.step(ph(state)), ph(model.step(state)), atol=2e-5)
 
 
 @pytest.mark.parametrize("kind, options", VARIANTS)
@@ -120,6 +157,11 @@ def test_state_aware_integrator_sees_the_state():
         assert (np.abs(a.numpy() - b.numpy()).max() > 1e-4) == differs
 
 
+def test_propagation_needs_the_protocol():
+    with pytest.raises(ValueError, match="propagate_rho needs the protocol's coupling"):
+        variant("cnn", propagate_rho=True, coupling=1.0)
+
+
 def test_bad_options_name_the_valid_ones():
     with pytest.raises(ValueError, match="valid embeddings: diagonal, broadcast, coupling"):
         variant("cnn", embedding="rows")
@@ -129,11 +171,14 @@ def test_bad_options_name_the_valid_ones():
         ModelConfig(kind="cnn", integrator_input="state_and_derivative").validate()
 
 
-def test_a_state_aware_broadcast_parc_trains(tmp_path):
-    """The trainer builds every option from the config, and the loss falls."""
+@pytest.mark.parametrize("options", [
+    {"embedding": "broadcast", "integrator_input": "state_and_derivative"},
+    {"propagate_rho": True, "integrator_input": "state_and_derivative"}])
+def test_a_parc_variant_trains(tmp_path, options):
+    """The trainer builds every option from the config (and the dataset's protocol), and the
+    loss falls."""
     config = get_config("smoke_deep")
-    config = dataclasses.replace(config, model=dataclasses.replace(
-        config.model, embedding="broadcast", integrator_input="state_and_derivative"))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, **options))
     summary = train.run(config, tmp_path / "data", tmp_path / "run", progress=False)
     from test_train import scalar_events
 
@@ -142,5 +187,4 @@ def test_a_state_aware_broadcast_parc_trains(tmp_path):
     stage_one = [loss for step, loss in losses if step <= end_of_stage]
     assert stage_one[-1] < 0.5 * stage_one[0], losses
     exported = summary["config"]["model"]
-    assert (exported["embedding"], exported["integrator_input"]) == \
-        ("broadcast", "state_and_derivative")
+    assert {key: exported[key] for key in options} == options

@@ -23,6 +23,12 @@ motion is linear in the network's input. PARC's `integrator_input="state_and_der
 integrator the state beside the derivative (as PARCv2 does), so that it can correct
 errors of its input state instead of only integrating D(u).
 
+`propagate_rho=True` advances rho exactly under the electrons' Hamiltonian H(Q) with the
+lattice frozen at the step's start, rho -> U rho U^+ with U = exp(-i H(Q) dt), and the
+networks learn only what that leaves: the lattice's motion and its back-action on rho. Over
+the deep quench's step (dt = 2.56 hbar/t) the free hopping carries rho up to 7 sites, beyond a
+small network's reach, while this propagation costs one L x L eigendecomposition per step.
+
 With `precision="mixed_bfloat16"` the networks' convolutions compute in bfloat16
 (`tf_holstein.layers`); the weights, the state and its update, the scalings and
 the layer norms stay float32, and the state interface keeps its dtypes.
@@ -130,6 +136,20 @@ def embed(image: tf.Tensor, embedding: str) -> tf.Tensor:
     if embedding == "coupling":
         return coupling_channels(image)
     return image
+
+
+def frozen_lattice_propagator(Q: tf.Tensor, coupling: float, time_step: float) -> tf.Tensor:
+    """exp(-i H(Q) time_step), complex64 [batch, L, L]: the electrons' exact evolution over a
+    step with the lattice held at Q (float32 [batch, L]).
+
+    H(Q) is real symmetric, so U = V exp(-i E dt) V^T from its eigenpairs. No gradient flows
+    through U: eigh's is singular at the degenerate levels of a uniform lattice, and the
+    networks, not the propagator, hold the trainable weights.
+    """
+    energies, vectors = tf.linalg.eigh(physics.hamiltonian(tf.stop_gradient(Q), coupling))
+    phases = tf.exp(tf.complex(tf.zeros_like(energies), -time_step * energies))
+    vectors = tf.cast(vectors, tf.complex64)
+    return tf.matmul(vectors * phases[..., None, :], vectors, adjoint_b=True)
 
 
 def _state_mask(image: tf.Tensor) -> tf.Tensor:
@@ -286,7 +306,9 @@ class HolsteinModel(keras.Model):
                  dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
                  precision: str = "float32", conserve: bool = False,
                  particle_hole: bool = False, embedding: str = "diagonal",
-                 integrator_input: str = "derivative", **kwargs: Any) -> None:
+                 integrator_input: str = "derivative", propagate_rho: bool = False,
+                 coupling: float | None = None, time_step: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {embedding!r}; valid embeddings: "
@@ -297,6 +319,11 @@ class HolsteinModel(keras.Model):
         if integrator_input != "derivative" and not self.has_derivatives:
             raise ValueError(f"integrator_input={integrator_input!r} needs a PARC model; "
                              f"{type(self).__name__} has no integrator")
+        if propagate_rho and not (coupling is not None and time_step is not None
+                                  and math.isfinite(coupling) and time_step > 0):
+            raise ValueError(f"propagate_rho needs the protocol's coupling g (after the quench) "
+                             f"and time step (> 0); got coupling={coupling!r}, "
+                             f"time_step={time_step!r}")
         self.scales = validate_scales(scales)
         self.architecture = Architecture(channels, n_blocks, dropout, kernel_size)
         self.zero_init_output = zero_init_output
@@ -305,6 +332,9 @@ class HolsteinModel(keras.Model):
         self.particle_hole = bool(particle_hole)
         self.embedding = embedding
         self.integrator_input = integrator_input
+        self.propagate_rho = bool(propagate_rho)
+        self.coupling = None if coupling is None else float(coupling)
+        self.time_step = None if time_step is None else float(time_step)
         self._compiled_rollouts = _FunctionCache()
 
     def _network(self, inputs: Sequence[str], outputs: str, zero_init_output: bool,
@@ -324,8 +354,20 @@ class HolsteinModel(keras.Model):
         return conserving(increment) if self.conserve else increment
 
     def _next(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
-        """The next image from the integrator's (or CNN's) increment."""
-        return image + self._admissible(image, increment)
+        """The next image from the integrator's (or CNN's) increment, added to the image or,
+        with `propagate_rho`, to the image with rho propagated at frozen Q."""
+        return self._propagated(image) + self._admissible(image, increment)
+
+    def _propagated(self, image: tf.Tensor) -> tf.Tensor:
+        """The image with rho -> U rho U^+ (`frozen_lattice_propagator`) if `propagate_rho`."""
+        if not self.propagate_rho:
+            return image
+        U = frozen_lattice_propagator(tf.linalg.diag_part(image[..., 2]), self.coupling,
+                                      self.time_step)
+        rho = tf.matmul(tf.matmul(U, tf.complex(image[..., 0], image[..., 1])), U,
+                        adjoint_b=True)
+        return tf.concat([tf.stack([tf.math.real(rho), tf.math.imag(rho)], axis=-1),
+                          image[..., 2:]], axis=-1)
 
     def _invariants(self, image: tf.Tensor) -> tf.Tensor | None:
         """What `conserve` keeps fixed along a rollout: rho's spectrum at its start."""
@@ -455,7 +497,8 @@ class HolsteinModel(keras.Model):
                 **dataclasses.asdict(self.architecture), "zero_init_output": self.zero_init_output,
                 "precision": self.precision, "conserve": self.conserve,
                 "particle_hole": self.particle_hole, "embedding": self.embedding,
-                "integrator_input": self.integrator_input}
+                "integrator_input": self.integrator_input, "propagate_rho": self.propagate_rho,
+                "coupling": self.coupling, "time_step": self.time_step}
 
 
 def _batch_major(array: tf.TensorArray) -> tf.Tensor:
@@ -522,7 +565,8 @@ def build_model(kind: str, preset: str, scales: Mapping[str, float],
                 **overrides: Any) -> HolsteinModel:
     """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
     `Architecture` (or `zero_init_output`, `precision`, `conserve`, `particle_hole`,
-    `embedding`, `integrator_input`) overridable by keyword."""
+    `embedding`, `integrator_input`, `propagate_rho` with `coupling` and `time_step`)
+    overridable by keyword."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
     if preset not in PRESETS:

@@ -76,7 +76,7 @@ def order_parameters(rho: tf.Tensor, Q: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
 
 def hamiltonian(Q: tf.Tensor, g: float) -> tf.Tensor:
     """The dense first-quantised H(Q) [..., L, L], real; for diagonalisation only."""
-    L = Q.shape[-1]
+    L = tf.shape(Q)[-1]  # dynamic: a serving graph takes any chain length
     ring = tf.roll(tf.eye(L, dtype=Q.dtype), 1, axis=-1) + tf.roll(tf.eye(L, dtype=Q.dtype), -1,
                                                                      axis=-1)
     return -HOPPING * ring - g * tf.linalg.diag(Q)

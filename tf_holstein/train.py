@@ -105,6 +105,9 @@ class Trainer:
         keras.utils.set_random_seed(train.train_seed)
         with self.strategy.scope():
             options = dataclasses.asdict(config.model)
+            if options["propagate_rho"]:
+                options.update(coupling=self.meta["config"]["g_f"],
+                               time_step=self.meta["time_step"])
             self.model = models.MODELS[options.pop("kind")](self.meta["scales"], **options)
             self.schedule = StagedWarmupCosine(
                 train.lr, [s.epochs * s.batches_per_epoch for s in train.stages],
