@@ -30,12 +30,20 @@ def variant(kind: str, **options) -> models.HolsteinModel:
                               **options)
 
 
-def test_broadcast_channels_hold_each_sites_q_and_p_along_its_row_and_column():
+def embedded_pair(embedding: str) -> tuple[dict, np.ndarray]:
+    """A random state and the embedding of its image beside the doubled image (8 channels),
+    checked to keep those 8 channels first and unchanged."""
     state = random_state(2, 6)
     image = models.encode(state)
-    embedded = models.broadcast_diagonals(tf.concat([image, 2.0 * image], axis=-1)).numpy()
-    assert embedded.shape == (2, 6, 6, 16)
-    np.testing.assert_array_equal(embedded[..., :8], tf.concat([image, 2.0 * image], -1))
+    pair = tf.concat([image, 2.0 * image], axis=-1)
+    embedded = models.embed(pair, embedding).numpy()
+    assert embedded.shape == (2, 6, 6, 8 + 2 * models.EMBEDDING_CHANNELS[embedding])
+    np.testing.assert_array_equal(embedded[..., :8], pair)
+    return state, embedded
+
+
+def test_broadcast_channels_hold_each_sites_q_and_p_along_its_row_and_column():
+    state, embedded = embedded_pair("broadcast")
     Q, P = state["Q"], state["P"]
     expected = [Q[:, :, None], Q[:, None, :], P[:, :, None], P[:, None, :]]
     for k, values in enumerate(expected):  # the first image's, then the doubled one's
@@ -45,11 +53,7 @@ def test_broadcast_channels_hold_each_sites_q_and_p_along_its_row_and_column():
 
 
 def test_coupling_channels_hold_the_coupling_term_of_the_equations_of_motion():
-    state = random_state(2, 6)
-    image = models.encode(state)
-    embedded = models.coupling_channels(tf.concat([image, 2.0 * image], axis=-1)).numpy()
-    assert embedded.shape == (2, 6, 6, 12)
-    np.testing.assert_array_equal(embedded[..., :8], tf.concat([image, 2.0 * image], -1))
+    state, embedded = embedded_pair("coupling")
     Q, rho = state["Q"].astype(np.float64), state["rho"].astype(np.complex128)
     coupling = (Q[:, :, None] - Q[:, None, :]) * rho  # -i g times it is in d rho / dt
     for k, factor in ((8, 1.0), (10, 4.0)):  # the second image's Q and rho are both doubled
