@@ -187,3 +187,14 @@ def test_propagator_reach_is_local_at_no_time_and_spreads_with_it(monkeypatch):
     assert [reach.receptive_radius(3, n) for n in (1, 2, 4)] == [3, 5, 9]
     out = reach.main(["--config", "smoke_deep", "--max_radius", "3"])
     assert out["smoke_deep"]["shares"].shape == (4,)
+
+
+def test_the_frozen_lattice_step_beats_the_identity_on_exact_data(monkeypatch, tmp_path):
+    """On the deep quench's protocol (L = 8, short saved step), rho's exact evolution at a
+    frozen lattice is much closer to the next stored state than keeping rho or hopping alone
+    (the coupling's phases g Q dt are not small)."""
+    reach = load_script("propagator_reach", monkeypatch)
+    dataset = datagen.generate(get_config("smoke_deep").data, tmp_path, progress=False)
+    out = reach.main(["--config", "smoke_deep", "--max_radius", "1", "--data", str(dataset),
+                      "--split", "train", "--every", "1"])["one_step_rho_errors"]
+    assert out["frozen_lattice"] < 0.5 * min(out["identity"], out["free_hopping"]), out
