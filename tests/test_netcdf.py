@@ -18,7 +18,7 @@ pytest.importorskip("h5netcdf", reason="netCDF export needs the io extra: "
 @pytest.fixture(scope="module")
 def exported(smoke_dataset, tmp_path_factory):
     path = tmp_path_factory.mktemp("netcdf") / "test.nc"
-    netcdf.main(["--data", str(smoke_dataset), "--split", "test", "--out", str(path)])
+    netcdf.export(smoke_dataset, path, split="test")
     return path
 
 
@@ -45,7 +45,7 @@ def test_a_split_exports_equal_to_its_records(exported, smoke_dataset):
         assert ds.attrs["g_f"] == config["g_f"] and ds.attrs["split"] == "test"
         assert json.loads(ds.attrs["meta_json"]) == meta
     small = exported.with_name("no_mid.nc")
-    netcdf.main(["--data", str(smoke_dataset), "--out", str(small), "--no_mid"])
+    netcdf.export(smoke_dataset, small, mid=False)
     with xr.open_dataset(small) as ds:
         assert "mid_time" not in ds.sizes and "mid_Q" not in ds and "Q" in ds
 
@@ -69,7 +69,7 @@ def test_predictions_export_and_checks(smoke_dataset, tmp_path):
     path = tmp_path / "predictions.npz"
     np.savez(path, index=data["index"][::-1], Delta_rho=delta[0], Delta_Q=delta[1], **states)
     out = tmp_path / "predictions.nc"
-    netcdf.main(["--predictions", str(path), "--data", str(smoke_dataset), "--out", str(out)])
+    netcdf.export(smoke_dataset, out, predictions=path)
     with xr.open_dataset(out) as ds:
         assert ds.attrs["source"] == "prediction" and "mid_time" not in ds.sizes
         np.testing.assert_array_equal(ds.trajectory, [1, 0])
@@ -79,19 +79,33 @@ def test_predictions_export_and_checks(smoke_dataset, tmp_path):
         assert ds.sizes["time"] == steps + 1
 
     np.savez(path, index=np.array([0, 7]), Delta_rho=delta[0], Delta_Q=delta[1])
-    with pytest.raises(SystemExit, match=r"index runs 0..7, but the test split has "
+    with pytest.raises(ValueError, match=r"index runs 0..7, but the test split has "
                                          r"trajectories 0..1"):
-        netcdf.main(["--predictions", str(path), "--data", str(smoke_dataset), "--out",
-                     str(out)])
+        netcdf.export(smoke_dataset, out, predictions=path)
     np.savez(path, index=np.array([0, 1]), Delta_rho=delta[0], Delta_Q=delta[1],
              Q=states["Q"][..., :4])
-    with pytest.raises(SystemExit, match=r"Q has shape \(2, 6, 4\), expected \(2, 6, 8\)"):
-        netcdf.main(["--predictions", str(path), "--data", str(smoke_dataset), "--out",
-                     str(out)])
+    with pytest.raises(ValueError, match=r"Q has shape \(2, 6, 4\), expected \(2, 6, 8\)"):
+        netcdf.export(smoke_dataset, out, predictions=path)
     np.savez(path, index=np.array([0, 1]), Delta_rho=np.zeros((2, 40)), Delta_Q=delta[1])
-    with pytest.raises(SystemExit, match="1 <= steps <= 12"):
-        netcdf.main(["--predictions", str(path), "--data", str(smoke_dataset), "--out",
-                     str(out)])
+    with pytest.raises(ValueError, match="1 <= steps <= 12"):
+        netcdf.export(smoke_dataset, out, predictions=path)
     # The refused exports left the good file as it was.
     with xr.open_dataset(out) as ds:
         np.testing.assert_array_equal(ds.Delta_Q, delta[1])
+
+
+def test_the_command_line_writes_and_reports_bad_input_in_one_line(smoke_dataset, tmp_path):
+    def netcdf_command(*args):
+        return subprocess.run([sys.executable, "-m", "tf_holstein.netcdf", *args],
+                              capture_output=True, text=True)
+
+    out = tmp_path / "small.nc"
+    written = netcdf_command("--data", str(smoke_dataset), "--out", str(out), "--no_mid")
+    assert written.returncode == 0, written.stderr
+    with xr.open_dataset(out) as ds:
+        assert "mid_Q" not in ds and ds.sizes["trajectory"] == 2
+    failed = netcdf_command("--data", str(smoke_dataset), "--split", "nope", "--out",
+                            str(tmp_path / "nope.nc"))
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith("netcdf: error:")
+    assert not (tmp_path / "nope.nc").exists()

@@ -42,13 +42,13 @@ step 0 being the initial state; its time axis has steps + 1 entries.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from absl import app, flags
 
 from tf_holstein import physics, records
 
@@ -195,31 +195,42 @@ def write(dataset: Any, path: str | os.PathLike) -> None:
     records.atomic_write_bytes(path, dataset.to_netcdf(engine="h5netcdf"))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tf_holstein.netcdf",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="dataset directory (holding meta.json)")
-    parser.add_argument("--split", default="test", help="split to export (or predicted)")
-    parser.add_argument("--predictions", help="export this predictions .npz instead of the "
-                        "split's trajectories")
-    parser.add_argument("--out", required=True, help="netCDF file to write (.nc)")
-    parser.add_argument("--no_mid", action="store_true",
-                        help="leave the mid-interval states out (half the size)")
-    return parser.parse_args(argv)
+def export(data: str | os.PathLike, out: str | os.PathLike, *, split: str = "test",
+           predictions: str | os.PathLike | None = None, mid: bool = True) -> Any:
+    """Writes a split (or, given `predictions`, that predictions file) of the dataset at `data`
+    to the netCDF file `out` atomically; returns the xarray Dataset. ValueError on bad input."""
+    if predictions:
+        dataset = predictions_to_xarray(predictions, data, split)
+    else:
+        dataset = split_to_xarray(data, split, mid=mid)
+    write(dataset, out)
+    return dataset
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str]) -> None:
+    """Command line: `export` with the flags, one line on stderr and exit 1 on bad input."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
     try:
-        if args.predictions:
-            dataset = predictions_to_xarray(args.predictions, args.data, args.split)
-        else:
-            dataset = split_to_xarray(args.data, args.split, mid=not args.no_mid)
-        write(dataset, args.out)
+        dataset = export(FLAGS.data, FLAGS.out, split=FLAGS.split,
+                         predictions=FLAGS.predictions, mid=not FLAGS.no_mid)
     except (ValueError, IOError, ImportError) as e:
         sys.exit(f"netcdf: error: {e}")
-    print(f"{args.out}: {dict(dataset.sizes)}")
+    print(f"{FLAGS.out}: {dict(dataset.sizes)}")
+
+
+def _define_flags() -> None:
+    """The command's flags, defined only when run as a command (no global flag clashes)."""
+    flags.DEFINE_string("data", None, "dataset directory (holding meta.json)")
+    flags.DEFINE_string("split", "test", "split to export (or predicted)")
+    flags.DEFINE_string("predictions", None, "export this predictions .npz instead of the "
+                        "split's trajectories")
+    flags.DEFINE_string("out", None, "netCDF file to write (.nc)")
+    flags.DEFINE_bool("no_mid", False, "leave the mid-interval states out (half the size)")
+    flags.mark_flags_as_required(["data", "out"])
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)
