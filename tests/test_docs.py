@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tf_holstein import datagen
+from tf_holstein import datagen, physics, records
 from tf_holstein.configs import get_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,3 +198,20 @@ def test_the_frozen_lattice_step_beats_the_identity_on_exact_data(monkeypatch, t
     out = reach.main(["--config", "smoke_deep", "--max_radius", "1", "--data", str(dataset),
                       "--split", "train", "--every", "1"])["one_step_rho_errors"]
     assert out["frozen_lattice"] < 0.5 * min(out["identity"], out["free_hopping"]), out
+
+
+def test_energy_budget_parts_sum_to_the_energy_and_the_simulator_keeps_them(monkeypatch,
+                                                                            tmp_path):
+    budget = load_script("energy_budget", monkeypatch)
+    dataset = datagen.generate(get_config("smoke_deep").data, tmp_path, progress=False)
+    data = records.load_split(dataset, "test")
+    g = data["meta"]["config"]["g_f"]
+    parts = budget.energy_parts(data["rho"], data["Q"], data["P"], g)
+    total = physics.energy(data["rho"].astype(np.complex128), data["Q"].astype(np.float64),
+                           data["P"].astype(np.float64), g).numpy()
+    np.testing.assert_allclose(parts.sum(-1), total, atol=1e-5 * np.abs(total).max())
+    # The simulator restarted from the stored float32 states keeps each part to its rounding.
+    out = budget.main(["--model", "exact", "--data", str(dataset), "--n", "2",
+                       "--steps", "0,6,12"])
+    for key in budget.PARTS:
+        np.testing.assert_allclose(out["model"][key], out["truth"][key], atol=1e-4)

@@ -1,0 +1,82 @@
+"""Where a model's rollouts put the energy: the parts of the conserved energy along rollouts.
+
+    python scripts/energy_budget.py --model runs/parc2 --data data/deep_L32 --n 8
+    python scripts/energy_budget.py --model exact --data <smoke_deep dataset> --n 2   # seconds
+
+Rolls the model (a run, export, SavedModel or `.keras` file, or `exact` for the simulator)
+out from the first `--n` initial states of the split, as far as the stored trajectories
+go, and prints for the truth and the rollouts, averaged over the trajectories at the steps
+`--steps`: the four parts of the energy (docs/physics.md) hopping -2 t sum_i Re rho_{i+1,i},
+coupling -g sum_i Q_i (Re rho_ii - 1/2), lattice potential and kinetic K0/(2 eta) sum Q^2,
+P^2; the uniform lattice displacement mean_i Q_i; and the RMS of Delta_Q. A rollout whose
+hopping energy climbs towards the band's top (+2L t/pi) has scrambled its electrons even if
+rho's spectrum, which `conserve` keeps, is intact.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tf_holstein import evaluation, physics, records
+
+PARTS = ("hopping", "coupling", "lattice_potential", "lattice_kinetic")
+
+
+def energy_parts(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, g: float) -> np.ndarray:
+    """The four parts of the energy, float64 [..., 4], of states rho [..., L, L], Q, P [..., L];
+    they sum to `physics.energy`."""
+    real = np.real(rho).astype(np.float64)
+    Q, P = np.asarray(Q, np.float64), np.asarray(P, np.float64)
+    density = np.diagonal(real, axis1=-2, axis2=-1)
+    bonds = np.diagonal(np.roll(real, -1, axis=-2), axis1=-2, axis2=-1)  # Re rho_{i+1,i}
+    hopping = -2.0 * physics.HOPPING * bonds.sum(-1)
+    coupling = -g * (Q * (density - 0.5)).sum(-1)
+    stiffness = physics.K0 / (2.0 * physics.ETA)
+    return np.stack([hopping, coupling, stiffness * (Q * Q).sum(-1),
+                     stiffness * (P * P).sum(-1)], axis=-1)
+
+
+def budget(states: Mapping[str, np.ndarray], g: float, steps: Sequence[int]
+           ) -> dict[str, Any]:
+    """Trajectory means at `steps` of the energy parts, mean Q and RMS Delta_Q."""
+    parts = energy_parts(states["rho"], states["Q"], states["P"], g)  # [N, T + 1, 4]
+    Q = np.asarray(states["Q"], np.float64)
+    stagger = np.where(np.arange(Q.shape[-1]) % 2 == 0, -1.0, 1.0)
+    delta_q = (stagger * Q).mean(-1)
+    return {"steps": list(steps),
+            **{name: [float(parts[:, s, k].mean()) for s in steps]
+               for k, name in enumerate(PARTS)},
+            "mean_Q": [float(Q[:, s].mean()) for s in steps],
+            "rms_Delta_Q": [float(np.sqrt((delta_q[:, s] ** 2).mean())) for s in steps]}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model path, or 'exact'")
+    parser.add_argument("--data", required=True, help="dataset directory")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--n", type=int, default=8, help="trajectories")
+    parser.add_argument("--steps", default="0,50,250,1000", help="steps to print")
+    args = parser.parse_args(argv)
+    truth = records.load_split(args.data, args.split)
+    meta = truth["meta"]
+    steps = [min(int(s), meta["T"]) for s in args.steps.split(",")]
+    model = evaluation.exact_model(meta) if args.model == evaluation.EXACT \
+        else evaluation.load_model(args.model)
+    initial = {key: truth[key][:args.n, 0] for key in records.STATE_KEYS}
+    predicted = model.rollout(initial, meta["T"])
+    rollouts = {key: np.concatenate([initial[key][:, None], predicted[key]], axis=1)
+                for key in records.STATE_KEYS}
+    out = {}
+    for name, states in (("truth", {k: truth[k][:args.n] for k in records.STATE_KEYS}),
+                         ("model", rollouts)):
+        out[name] = budget(states, meta["config"]["g_f"], steps)
+        for key, values in out[name].items():
+            print(f"{name:5s} {key:18s} " + " ".join(f"{v:9.3f}" for v in values))
+    return out
+
+
+if __name__ == "__main__":
+    main()
