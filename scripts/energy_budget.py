@@ -8,7 +8,9 @@ out from the first `--n` initial states of the split, as far as the stored traje
 go, and prints for the truth and the rollouts, averaged over the trajectories at the steps
 `--steps`: the four parts of the energy (docs/physics.md) hopping -2 t sum_i Re rho_{i+1,i},
 coupling -g sum_i Q_i (Re rho_ii - 1/2), lattice potential and kinetic K0/(2 eta) sum Q^2,
-P^2; the uniform lattice displacement mean_i Q_i; and the RMS of Delta_Q. A rollout whose
+P^2; the uniform lattice displacement mean_i Q_i; the RMS of Delta_Q; and the phase of
+sum_i rho_{i+1,i} (real, phase 0, for states symmetric under spatial reflection; a drift
+of it moves all momenta together). A rollout whose
 hopping energy climbs towards the band's top (+2L t/pi) has scrambled its electrons even if
 rho's spectrum, which `conserve` keeps, is intact.
 """
@@ -40,16 +42,20 @@ def energy_parts(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, g: float) -> np.
 
 def budget(states: Mapping[str, np.ndarray], g: float, steps: Sequence[int]
            ) -> dict[str, Any]:
-    """Trajectory means at `steps` of the energy parts, mean Q and RMS Delta_Q."""
+    """Trajectory means at `steps` of the energy parts, mean Q, RMS Delta_Q and the bond
+    phase."""
     parts = energy_parts(states["rho"], states["Q"], states["P"], g)  # [N, T + 1, 4]
     Q = np.asarray(states["Q"], np.float64)
     stagger = np.where(np.arange(Q.shape[-1]) % 2 == 0, -1.0, 1.0)
     delta_q = (stagger * Q).mean(-1)
+    rho = np.asarray(states["rho"])
+    bonds = np.diagonal(np.roll(rho, -1, axis=-2), axis1=-2, axis2=-1).sum(-1)
     return {"steps": list(steps),
             **{name: [float(parts[:, s, k].mean()) for s in steps]
                for k, name in enumerate(PARTS)},
             "mean_Q": [float(Q[:, s].mean()) for s in steps],
-            "rms_Delta_Q": [float(np.sqrt((delta_q[:, s] ** 2).mean())) for s in steps]}
+            "rms_Delta_Q": [float(np.sqrt((delta_q[:, s] ** 2).mean())) for s in steps],
+            "bond_phase": [float(np.angle(bonds[:, s]).mean()) for s in steps]}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
