@@ -1,6 +1,6 @@
 """python -m tf_holstein.evaluate: long rollouts of a trained model against ground truth.
 
-    python -m tf_holstein.evaluate --model runs/shallow --data data_test/shallow_L16 \
+    python -m tf_holstein.evaluate --model runs/shallow --data data/shallow \
         [--split test] [--n_traj N] [--steps T] [--out DIR]
     python -m tf_holstein.evaluate --predictions FILE.npz --data DIR --split test --out OUT
     python -m tf_holstein.evaluate --model runs/seed1 --model runs/seed2 --data DIR --out OUT
