@@ -6,9 +6,8 @@
 Rolls the model (a run, export, SavedModel or `.keras` file, or `exact` for the simulator)
 out from the first `--n` initial states of the split, as far as the stored trajectories
 go, and prints for the truth and the rollouts, averaged over the trajectories at the steps
-`--steps`: the four parts of the energy (docs/physics.md) hopping -2 t sum_i Re rho_{i+1,i},
-coupling -g sum_i Q_i (Re rho_ii - 1/2), lattice potential and kinetic K0/(2 eta) sum Q^2,
-P^2; the uniform lattice displacement mean_i Q_i; the RMS of Delta_Q; and the phase of
+`--steps`: the four parts of the energy (`physics.energy_parts`: hopping, coupling,
+lattice potential and kinetic); the uniform lattice displacement mean_i Q_i; the RMS of Delta_Q; and the phase of
 sum_i rho_{i+1,i} (real, phase 0, for states symmetric under spatial reflection; a drift
 of it moves all momenta together). A rollout whose
 hopping energy climbs towards the band's top (+2L t/pi) has scrambled its electrons even if
@@ -23,36 +22,17 @@ import numpy as np
 
 from tf_holstein import evaluation, physics, records
 
-PARTS = ("hopping", "coupling", "lattice_potential", "lattice_kinetic")
-
-
-def energy_parts(rho: np.ndarray, Q: np.ndarray, P: np.ndarray, g: float) -> np.ndarray:
-    """The four parts of the energy, float64 [..., 4], of states rho [..., L, L], Q, P [..., L];
-    they sum to `physics.energy`."""
-    real = np.real(rho).astype(np.float64)
-    Q, P = np.asarray(Q, np.float64), np.asarray(P, np.float64)
-    density = np.diagonal(real, axis1=-2, axis2=-1)
-    bonds = np.diagonal(np.roll(real, -1, axis=-2), axis1=-2, axis2=-1)  # Re rho_{i+1,i}
-    hopping = -2.0 * physics.HOPPING * bonds.sum(-1)
-    coupling = -g * (Q * (density - 0.5)).sum(-1)
-    stiffness = physics.K0 / (2.0 * physics.ETA)
-    return np.stack([hopping, coupling, stiffness * (Q * Q).sum(-1),
-                     stiffness * (P * P).sum(-1)], axis=-1)
-
-
 def budget(states: Mapping[str, np.ndarray], g: float, steps: Sequence[int]
            ) -> dict[str, Any]:
-    """Trajectory means at `steps` of the energy parts, mean Q, RMS Delta_Q and the bond
-    phase."""
-    parts = energy_parts(states["rho"], states["Q"], states["P"], g)  # [N, T + 1, 4]
-    Q = np.asarray(states["Q"], np.float64)
-    stagger = np.where(np.arange(Q.shape[-1]) % 2 == 0, -1.0, 1.0)
-    delta_q = (stagger * Q).mean(-1)
-    rho = np.asarray(states["rho"])
+    """Trajectory means at `steps` of the energy parts (`physics.energy_parts`), mean Q,
+    RMS Delta_Q and the bond phase."""
+    rho = np.asarray(states["rho"], np.complex128)
+    Q, P = np.asarray(states["Q"], np.float64), np.asarray(states["P"], np.float64)
+    parts = {name: value.numpy() for name, value in physics.energy_parts(rho, Q, P, g).items()}
+    delta_q = physics.order_parameters(rho, Q)[1].numpy()
     bonds = np.diagonal(np.roll(rho, -1, axis=-2), axis1=-2, axis2=-1).sum(-1)
     return {"steps": list(steps),
-            **{name: [float(parts[:, s, k].mean()) for s in steps]
-               for k, name in enumerate(PARTS)},
+            **{name: [float(value[:, s].mean()) for s in steps] for name, value in parts.items()},
             "mean_Q": [float(Q[:, s].mean()) for s in steps],
             "rms_Delta_Q": [float(np.sqrt((delta_q[:, s] ** 2).mean())) for s in steps],
             "bond_phase": [float(np.angle(bonds[:, s]).mean()) for s in steps]}

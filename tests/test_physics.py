@@ -38,6 +38,17 @@ def test_energy_equals_dense_trace():
                 + physics.K0 / (2 * physics.ETA) * (P ** 2 + Q ** 2).sum(-1))
     got = physics.energy(tf.constant(rho), tf.constant(Q), tf.constant(P), g).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-13)
+    # The parts: the electrons' energy at a flat lattice, and what the lattice adds.
+    parts = {name: value.numpy() for name, value in
+             physics.energy_parts(tf.constant(rho), tf.constant(Q), tf.constant(P), g).items()}
+    flat = physics.hamiltonian(tf.zeros_like(tf.constant(Q)), g).numpy()
+    np.testing.assert_allclose(parts["hopping"],
+                               np.real(np.trace(flat @ rho, axis1=-2, axis2=-1)), rtol=1e-13)
+    density = np.real(np.diagonal(rho, axis1=-2, axis2=-1))
+    np.testing.assert_allclose(parts["coupling"], -g * (Q * (density - 0.5)).sum(-1),
+                               rtol=1e-13)
+    np.testing.assert_allclose(parts["lattice_kinetic"],
+                               physics.K0 / (2 * physics.ETA) * (P ** 2).sum(-1), rtol=1e-13)
 
 
 def test_energy_is_stationary_along_the_flow():

@@ -53,18 +53,30 @@ def rhs(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float
     return drho, dQ, dP
 
 
+ENERGY_PARTS = ("hopping", "coupling", "lattice_potential", "lattice_kinetic")
+
+
+def energy_parts(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float) -> dict[str, tf.Tensor]:
+    """The four parts of the conserved energy (ENERGY_PARTS), each [...]: hopping
+    -t sum_i (rho_{i+1,i} + rho_{i-1,i}), coupling -g sum_i Q_i (Re rho_ii - 1/2), lattice
+    potential K0/(2 ETA) sum Q^2 and kinetic K0/(2 ETA) sum P^2 energy."""
+    real = tf.math.real(rho)
+    stiffness = K0 / (2.0 * ETA)
+    return {
+        "hopping": -HOPPING * tf.reduce_sum(tf.linalg.diag_part(
+            tf.roll(real, -1, axis=-2) + tf.roll(real, 1, axis=-2)), axis=-1),
+        "coupling": -g * tf.reduce_sum(Q * (tf.linalg.diag_part(real) - 0.5), axis=-1),
+        "lattice_potential": stiffness * tf.reduce_sum(Q * Q, axis=-1),
+        "lattice_kinetic": stiffness * tf.reduce_sum(P * P, axis=-1)}
+
+
 def energy(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float) -> tf.Tensor:
-    """The conserved total energy E = Re Tr(H rho) + (g/2) sum Q + K0/(2 ETA) sum (P^2 + Q^2).
+    """The conserved total energy E = Re Tr(H rho) + (g/2) sum Q + K0/(2 ETA) sum (P^2 + Q^2),
+    the sum of `energy_parts`.
 
     Tr(H rho) = -t sum_i (rho_{i+1,i} + rho_{i-1,i}) - g sum_i Q_i rho_ii. [...]
     """
-    real = tf.math.real(rho)
-    hopping = -HOPPING * tf.reduce_sum(
-        tf.linalg.diag_part(tf.roll(real, -1, axis=-2) + tf.roll(real, 1, axis=-2)), axis=-1)
-    coupling = -g * tf.reduce_sum(Q * tf.linalg.diag_part(real), axis=-1)
-    lattice = 0.5 * g * tf.reduce_sum(Q, axis=-1) + K0 / (2.0 * ETA) * tf.reduce_sum(
-        P * P + Q * Q, axis=-1)
-    return hopping + coupling + lattice
+    return tf.add_n(list(energy_parts(rho, Q, P, g).values()))
 
 
 def order_parameters(rho: tf.Tensor, Q: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
