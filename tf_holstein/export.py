@@ -128,10 +128,7 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    keras_path = directory / "model.keras"
-    tmp = directory / f"{records.temporary_prefix('model')}tmp.keras"
-    model.save(str(tmp))
-    os.replace(tmp, keras_path)
+    records.write_atomically(directory / "model.keras", model.save, ".tmp.keras")
     return saved_model
 
 

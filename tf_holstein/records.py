@@ -191,7 +191,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
 
-    _write_atomically(Path(path), write)
+    write_atomically(path, write)
 
 
 def write_shard(path: str | os.PathLike, examples: Iterable[bytes]) -> None:
@@ -207,14 +207,17 @@ def write_shard(path: str | os.PathLike, examples: Iterable[bytes]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
 
-    _write_atomically(Path(path), write)
+    write_atomically(path, write)
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None],
+                     suffix: str = ".tmp") -> None:
     """write(tmp) fills a temporary beside `path`, which then replaces it; a failed write (a
-    full disk, say) removes the temporary and raises IOError naming the file."""
+    full disk, say) removes the temporary and raises IOError naming the file. `suffix` ends
+    the temporary's name, for writers that go by the extension (".tmp.keras")."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name),
-                               suffix=".tmp")
+                               suffix=suffix)
     os.close(fd)
     try:
         write(tmp)

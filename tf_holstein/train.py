@@ -356,7 +356,8 @@ class Trainer:
             if key in scores and scores[key] < float(self.best.numpy()):
                 self.best.assign(scores[key])
                 if self.is_chief:
-                    _save_weights_atomically(self.model, self.workdir / "best.weights.h5")
+                    records.write_atomically(self.workdir / "best.weights.h5",
+                                             self.model.save_weights, ".tmp.weights.h5")
                     records.write_json(self.workdir / "best.json",
                                        {"step": step, "epoch": int(self.epoch.numpy()) + 1,
                                         key: scores[key], **scores})
@@ -374,12 +375,6 @@ def _write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float]
     with writer.as_default(step=step):
         for name, value in values.items():
             tf.summary.scalar(name, value)
-
-
-def _save_weights_atomically(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f"{records.temporary_prefix(path.stem)}tmp.weights.h5")
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -443,12 +438,11 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
     # with another protocol rather than training on it.
     dataset_dir = datagen.generate(config.data, data_dir, progress=progress)
     timings["data_s"] = time.perf_counter() - tic
-    # Before the workdir is made: a corrected rerun then starts cleanly.
-    check_against_dataset(config, records.read_meta(dataset_dir))
-    strategy = strategy or make_strategy()
-    if _is_chief(strategy):
-        prepare_workdir(config, workdir, resume)
+    # The trainer checks the settings against the dataset before the workdir is made, so
+    # that a corrected rerun starts cleanly; it writes nothing there itself.
     trainer = Trainer(config, dataset_dir, workdir, strategy)
+    if trainer.is_chief:
+        prepare_workdir(config, workdir, resume)
     if trainer.restore() and not resume:
         raise ValueError(f"{workdir} has checkpoints: pass --resume to continue")
     tic = time.perf_counter()
@@ -479,7 +473,7 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
             "versions": {"tf_holstein": __import__("tf_holstein").__version__,
                          "tensorflow": tf.__version__, "keras": keras.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
-            "replicas": strategy.num_replicas_in_sync,
+            "replicas": trainer.strategy.num_replicas_in_sync,
             "optimizer_steps": int(trainer.optimizer.iterations.numpy()),
             "timings": timings,
             "final": final,
