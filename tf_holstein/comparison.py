@@ -62,11 +62,10 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> di
                              f"{', '.join(differing)} than {next(iter(runs))}: compare "
                              f"evaluations of the same data, split and steps")
     headlines = {label: evaluation.headline(result) for label, result in results.items()}
-    names = [name for name in next(iter(headlines.values()))
+    # Every model's headline names, in order of first appearance.
+    names = [name for name in dict.fromkeys(name for headline in headlines.values()
+                                            for name in headline)
              if name not in ("n_trajectories", "steps")]
-    for headline in headlines.values():
-        names += [name for name in headline if name not in names
-                  and name not in ("n_trajectories", "steps")]
     table = {}
     for name in names:
         values = {label: headline.get(name) for label, headline in headlines.items()}

@@ -284,7 +284,7 @@ def generate(config: DataConfig, data_dir: str | os.PathLike, *, num_tasks: int 
             _run_pool(config, jobs, dataset_dir, workers, bar)
     finally:
         bar.close()
-    if not missing_jobs(config, dataset_dir) and not (dataset_dir / records.META_FILE).exists():
+    if not (dataset_dir / records.META_FILE).exists() and not missing_jobs(config, dataset_dir):
         merge(config, dataset_dir)
     return dataset_dir
 
