@@ -86,6 +86,9 @@ class ModelConfig:
     # Average each step over the particle-hole orbit (models.particle_hole), a symmetry of
     # the exact step at half filling: twice the compute per step, no extra weights.
     particle_hole: bool = False
+    # Average each step over the chain's reflection i -> -i (models.reflection), another
+    # exact symmetry; with particle_hole over both and their product (four times the compute).
+    reflection: bool = False
     # "broadcast": each network also sees Q and P broadcast along rows and columns, so the
     # coupling g (Q_i - Q_j) rho_ij is local at every pixel (models.broadcast_diagonals);
     # "coupling": it sees (Q_i - Q_j) rho_ij itself (models.coupling_channels).
@@ -95,6 +98,9 @@ class ModelConfig:
     # Advance rho exactly under H(Q) with the lattice frozen over the step; the networks learn
     # the rest (models.frozen_lattice_propagator; g and the time step come from the dataset).
     propagate_rho: bool = False
+    # Move the lattice's uniform mode (site means of Q and P), a free oscillator at half
+    # filling, exactly instead of by the networks (models.with_uniform_mode).
+    uniform_mode: bool = False
 
     def validate(self) -> "ModelConfig":
         if self.kind not in ("cnn", "parc"):

@@ -7,11 +7,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-from tf_holstein import datagen, physics, records
+from tf_holstein import datagen, models, physics, records
 from tf_holstein.configs import get_config
+
+from test_models import SCALES, assert_states_close, random_state
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -217,3 +220,23 @@ def test_energy_budget_parts_sum_to_the_energy_and_the_simulator_keeps_them(monk
                        "--steps", "0,6,12"])
     for key in physics.ENERGY_PARTS:
         np.testing.assert_allclose(out["model"][key], out["truth"][key], atol=1e-4)
+
+
+def test_apply_options_keeps_the_weights_and_changes_the_step(monkeypatch, tmp_path):
+    """A model with reflection averaging applied post hoc has the source's weights and
+    steps as a model built with it does; options that would change the weights are refused."""
+    apply = load_script("apply_options", monkeypatch)
+    keras.utils.set_random_seed(0)
+    source = models.build_model("parc", "tiny", SCALES, channels=8, zero_init_output=False)
+    source.save(tmp_path / "source.keras")
+    apply.main([str(tmp_path / "source.keras"), str(tmp_path / "target.keras"),
+                "reflection=true", "uniform_mode=true", "time_step=2.56"])
+    target = keras.saving.load_model(tmp_path / "target.keras")
+    built = models.build_model("parc", "tiny", SCALES, channels=8, zero_init_output=False,
+                               reflection=True, uniform_mode=True, time_step=2.56)
+    built.set_weights(source.get_weights())
+    state = random_state(2, 8)
+    assert_states_close(target.step(state), built.step(state), atol=0)
+    assert np.abs(target.step(state)["Q"].numpy() - source.step(state)["Q"].numpy()).max() > 1e-4
+    with pytest.raises(SystemExit, match="channels would change the weights"):
+        apply.main([str(tmp_path / "source.keras"), str(tmp_path / "x.keras"), "channels=4"])

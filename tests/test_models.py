@@ -167,46 +167,53 @@ def test_a_step_commutes_with_translations(kind, L):
         assert_states_close(model.step(shift(state, sites)), shift(stepped, sites))
 
 
-def test_particle_hole_is_an_involution_and_a_symmetry_of_the_equations_of_motion():
-    """d(PH u)/dt = PH'(du/dt): the exact flow commutes with PH (PH' without the identity)."""
+def transform(name: str, state: dict, increment: bool = False) -> dict:
+    """`state` (or a rate) under the symmetry `models.SYMMETRIES[name]`."""
+    return models.decode(models.SYMMETRIES[name](models.encode(state), increment))
+
+
+@pytest.mark.parametrize("name, order_sign", [("particle_hole", -1), ("reflection", 1)])
+def test_symmetries_are_involutions_and_symmetries_of_the_equations_of_motion(name, order_sign):
+    """d(T u)/dt = T'(du/dt): the exact flow commutes with T (T' without PH's identity);
+    PH flips the staggered order parameters, the reflection keeps them (L even)."""
     L, g = 8, 1.0
     state = random_state(1, L, seed=3)
     image = models.encode(state)
-    np.testing.assert_allclose(models.particle_hole(models.particle_hole(image)), image,
-                               atol=1e-7)
-    mirrored = models.decode(models.particle_hole(image))
+    symmetry = models.SYMMETRIES[name]
+    np.testing.assert_allclose(symmetry(symmetry(image)), image, atol=1e-7)
+    mirrored = transform(name, state)
+    assert np.abs(np.asarray(mirrored["Q"]) - state["Q"]).max() > 1e-3  # not the identity
 
     def rate(s):
         return numpy_derivatives(np.asarray(s["rho"], np.complex128),
                                  np.asarray(s["Q"], np.float64), np.asarray(s["P"], np.float64), g)
 
-    expected = models.decode(models.particle_hole(models.encode(
-        dict(zip(("rho", "Q", "P"), rate(state)))), increment=True))
+    expected = transform(name, dict(zip(("rho", "Q", "P"), rate(state))), increment=True)
     mirrored_rate = rate(mirrored)
     for key, value in zip(("rho", "Q", "P"), mirrored_rate):
         np.testing.assert_allclose(value, np.asarray(expected[key]), atol=1e-6, err_msg=key)
     orders = physics.order_parameters(state["rho"], state["Q"])
-    flipped = physics.order_parameters(mirrored["rho"], mirrored["Q"])
-    np.testing.assert_allclose(flipped, -np.asarray(orders), atol=1e-6)
+    transformed = physics.order_parameters(mirrored["rho"], mirrored["Q"])
+    np.testing.assert_allclose(transformed, order_sign * np.asarray(orders), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["cnn", "parc"])
-def test_particle_hole_models_commute_with_the_symmetry(kind):
-    def ph(state):
-        return models.decode(models.particle_hole(models.encode(state)))
-
+@pytest.mark.parametrize("names", [("particle_hole",), ("reflection",),
+                                   ("particle_hole", "reflection")])
+def test_symmetrized_models_commute_with_their_symmetries(kind, names):
     state = random_state(2, 8)
     plain = small_model(kind)
-    symmetric = small_model(kind, particle_hole=True)
+    symmetric = small_model(kind, **dict.fromkeys(names, True))
     symmetric.set_weights(plain.get_weights())
-    assert np.abs(np.asarray(plain.step(ph(state))["Q"]) -
-                  np.asarray(ph(plain.step(state))["Q"])).max() > 1e-3
-    assert_states_close(symmetric.step(ph(state)), ph(symmetric.step(state)), atol=1e-5)
-    if kind == "parc":
-        _, rate = symmetric.step(state, return_derivatives=True)
-        _, mirrored_rate = symmetric.step(ph(state), return_derivatives=True)
-        expected = models.decode(models.particle_hole(models.encode(rate), increment=True))
-        assert_states_close(mirrored_rate, expected, atol=1e-5)
+    for name in names:
+        assert np.abs(np.asarray(plain.step(transform(name, state))["Q"]) -
+                      np.asarray(transform(name, plain.step(state))["Q"])).max() > 1e-3
+        assert_states_close(symmetric.step(transform(name, state)),
+                            transform(name, symmetric.step(state)), atol=1e-5)
+        if kind == "parc":
+            _, rate = symmetric.step(state, return_derivatives=True)
+            _, mirrored_rate = symmetric.step(transform(name, state), return_derivatives=True)
+            assert_states_close(mirrored_rate, transform(name, rate, increment=True), atol=1e-5)
 
 
 def test_translation_by_one_site_flips_the_order_parameters():
@@ -241,7 +248,8 @@ def test_dropout_acts_only_in_training(kind):
                          [("cnn", "float32"), ("parc", "float32"), ("parc", "mixed_bfloat16")])
 def test_keras_file_round_trip_gives_identical_outputs(kind, precision, tmp_path):
     model = small_model(kind, n_blocks=2, dropout=0.1, precision=precision,
-                        conserve=kind == "parc", particle_hole=kind == "cnn")
+                        conserve=kind == "parc", particle_hole=kind == "cnn",
+                        reflection=kind == "parc")
     state = random_state(2, 8)
     path = tmp_path / f"{kind}.keras"
     model.save(path)

@@ -1,5 +1,7 @@
 """The model options beyond the paper: the broadcast and coupling embeddings, PARC's
-state-aware integrator and rho's propagation at a frozen lattice keep the symmetries of the dynamics, save and reload, and train."""
+state-aware integrator, rho's propagation at a frozen lattice and the exact uniform lattice
+mode keep the symmetries of the dynamics (with particle-hole and reflection averaging too),
+save and reload, and train."""
 import dataclasses
 
 import keras
@@ -7,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import models, train
+from tf_holstein import models, physics, train
 from tf_holstein.configs import ModelConfig, get_config
 
-from test_models import SCALES, assert_states_close, random_state, shift
+from numpy_reference import numpy_derivatives
+from test_models import SCALES, assert_states_close, random_state, shift, transform
 
 VARIANTS = [("cnn", {"embedding": "broadcast"}),
             ("parc", {"embedding": "broadcast"}),
@@ -20,7 +23,9 @@ VARIANTS = [("cnn", {"embedding": "broadcast"}),
             ("parc", {"embedding": "coupling", "integrator_input": "state_and_derivative"}),
             ("cnn", {"propagate_rho": True, "coupling": 1.0, "time_step": 2.56}),
             ("parc", {"propagate_rho": True, "coupling": 1.0, "time_step": 2.56,
-                      "integrator_input": "state_and_derivative"})]
+                      "integrator_input": "state_and_derivative"}),
+            ("cnn", {"uniform_mode": True, "time_step": 2.56}),
+            ("parc", {"uniform_mode": True, "time_step": 2.56})]
 
 
 def variant(kind: str, **options) -> models.HolsteinModel:
@@ -84,16 +89,15 @@ def test_untrained_propagating_model_advances_rho_exactly_at_a_frozen_lattice(ki
         np.testing.assert_array_equal(stepped[key].numpy(), state[key])
 
 
-def test_the_frozen_lattice_propagation_commutes_with_particle_hole():
-    """The exact step does at half filling (models.particle_hole), and so does its part at a
-    frozen lattice: H(-Q) = -S H(Q) S."""
-    def ph(state):
-        return models.decode(models.particle_hole(models.encode(state)))
-
+@pytest.mark.parametrize("name", list(models.SYMMETRIES))
+def test_the_frozen_lattice_propagation_commutes_with_the_symmetries(name):
+    """The exact step does (models.SYMMETRIES), and so does its part at a frozen lattice:
+    H(-Q) = -S H(Q) S for particle-hole, H(R Q) = R H(Q) R for the reflection."""
     model = models.build_model("cnn", "tiny", SCALES, channels=8, propagate_rho=True,
                                coupling=1.0, time_step=2.56)
     state = random_state(2, 8)
-    assert_states_close(model.step(ph(state)), ph(model.step(state)), atol=2e-5)
+    assert_states_close(model.step(transform(name, state)), transform(name, model.step(state)),
+                        atol=2e-5)
 
 
 @pytest.mark.parametrize("kind, options", VARIANTS)
@@ -124,13 +128,12 @@ def test_variants_commute_with_translations(kind, options):
 
 
 @pytest.mark.parametrize("kind, options", VARIANTS)
-def test_variants_with_particle_hole_averaging_commute_with_the_symmetry(kind, options):
-    def ph(state):
-        return models.decode(models.particle_hole(models.encode(state)))
-
-    model = variant(kind, particle_hole=True, **options)
+def test_variants_with_symmetry_averaging_commute_with_the_symmetries(kind, options):
+    model = variant(kind, particle_hole=True, reflection=True, **options)
     state = random_state(2, 8)
-    assert_states_close(model.step(ph(state)), ph(model.step(state)), atol=1e-5)
+    for name in models.SYMMETRIES:
+        assert_states_close(model.step(transform(name, state)),
+                            transform(name, model.step(state)), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind, options", VARIANTS)
@@ -164,6 +167,38 @@ def test_state_aware_integrator_sees_the_state():
 def test_propagation_needs_the_protocol():
     with pytest.raises(ValueError, match="propagate_rho needs the protocol's coupling"):
         variant("cnn", propagate_rho=True, coupling=1.0)
+    with pytest.raises(ValueError, match="uniform_mode needs the protocol's time step"):
+        variant("parc", uniform_mode=True)
+
+
+def test_the_uniform_mode_is_a_free_oscillator_and_moves_exactly():
+    """At half filling the exact rates of the site means are dQ0/dt = K0 P0, dP0/dt = -K0 Q0;
+    with `uniform_mode` a model's step turns (Q0, P0) by K0 dt and PARC's rate is exact,
+    whatever its networks output."""
+    state = random_state(2, 8, seed=5)
+    state["Q"] = state["Q"] + np.float32([[0.3], [-0.1]])  # displace the uniform mode
+    state["P"] = state["P"] + np.float32([[0.05], [0.2]])
+    filling = np.trace(state["rho"], axis1=1, axis2=2).real / 8
+    state["rho"] = state["rho"] + ((0.5 - filling)[:, None, None] * np.eye(8)).astype(np.complex64)
+    Q0, P0 = state["Q"].astype(np.float64).mean(-1), state["P"].astype(np.float64).mean(-1)
+    _, dQ, dP = numpy_derivatives(state["rho"].astype(np.complex128),
+                                  state["Q"].astype(np.float64),
+                                  state["P"].astype(np.float64), 1.0)
+    np.testing.assert_allclose(dQ.mean(-1), physics.K0 * P0, atol=1e-12)
+    np.testing.assert_allclose(dP.mean(-1), -physics.K0 * Q0, atol=1e-7)  # at Tr rho = L/2
+    angle = physics.K0 * 2.56
+    expected = (Q0 * np.cos(angle) + P0 * np.sin(angle), -Q0 * np.sin(angle) + P0 * np.cos(angle))
+    for kind in ("cnn", "parc"):
+        plain = variant(kind, time_step=2.56)
+        model = variant(kind, uniform_mode=True, time_step=2.56)
+        stepped = model.step(state)
+        assert np.abs(plain.step(state)["Q"].numpy().mean(-1) - expected[0]).max() > 1e-3
+        for key, value in zip(("Q", "P"), expected):
+            np.testing.assert_allclose(stepped[key].numpy().mean(-1), value, atol=1e-6)
+        if kind == "parc":
+            rate = model.step(state, return_derivatives=True)[1]
+            np.testing.assert_allclose(rate["Q"].numpy().mean(-1), physics.K0 * P0, atol=1e-6)
+            np.testing.assert_allclose(rate["P"].numpy().mean(-1), -physics.K0 * Q0, atol=1e-6)
 
 
 def test_bad_options_name_the_valid_ones():
@@ -177,7 +212,8 @@ def test_bad_options_name_the_valid_ones():
 
 @pytest.mark.parametrize("options", [
     {"embedding": "broadcast", "integrator_input": "state_and_derivative"},
-    {"propagate_rho": True, "integrator_input": "state_and_derivative"}])
+    {"propagate_rho": True, "integrator_input": "state_and_derivative", "reflection": True,
+     "uniform_mode": True}])
 def test_a_parc_variant_trains(tmp_path, options):
     """The trainer builds every option from the config (and the dataset's protocol), and the
     loss falls."""

@@ -29,6 +29,11 @@ networks learn only what that leaves: the lattice's motion and its back-action o
 the deep quench's step (dt = 2.56 hbar/t) the free hopping carries rho up to 7 sites, beyond a
 small network's reach, while this propagation costs one L x L eigendecomposition per step.
 
+Exact symmetries and invariants the networks need not learn (all off by default):
+`particle_hole` and `reflection` average each step over the orbit of those symmetries of the
+equations of motion, so that it commutes with them; `uniform_mode` moves the lattice's
+uniform mode, a free oscillator at half filling, exactly.
+
 With `precision="mixed_bfloat16"` the networks' convolutions compute in bfloat16
 (`tf_holstein.layers`); the weights, the state and its update, the scalings and
 the layer norms stay float32, and the state interface keeps its dtypes.
@@ -180,6 +185,32 @@ def conserving(increment: tf.Tensor) -> tf.Tensor:
     return tf.concat([real[..., None], imag[..., None], increment[..., 2:]], axis=-1)
 
 
+def with_uniform_mode(image: tf.Tensor, increment: tf.Tensor, time_step: float | None
+                      ) -> tf.Tensor:
+    """`increment` (of `image`, masked) with the site means of its Q and P parts set to the
+    exact motion of the lattice's uniform mode (Q0, P0) = site means of (Q, P); with
+    `time_step` None `increment` is a rate du/dt.
+
+    At half filling sum_i (Re rho_ii - 1/2) = 0, so dQ0/dt = K0 P0, dP0/dt = -K0 Q0: the
+    uniform mode is a free oscillator that no other degree of freedom drives or feels
+    (a uniform Q only shifts every level alike). Over a step it turns by K0 dt. The data
+    start it at rest, so a model that lets it drift feeds its networks states they never saw.
+    """
+    Q0 = tf.reduce_mean(tf.linalg.diag_part(image[..., 2]), axis=-1)
+    P0 = tf.reduce_mean(tf.linalg.diag_part(image[..., 3]), axis=-1)
+    if time_step is None:
+        targets = (physics.K0 * P0, -physics.K0 * Q0)
+    else:
+        cos, sin = math.cos(physics.K0 * time_step), math.sin(physics.K0 * time_step)
+        targets = (Q0 * (cos - 1.0) + P0 * sin, -Q0 * sin + P0 * (cos - 1.0))
+    channels = []
+    for channel, target in zip((2, 3), targets):
+        diagonal = tf.linalg.diag_part(increment[..., channel])
+        diagonal += (target - tf.reduce_mean(diagonal, axis=-1))[:, None]
+        channels.append(tf.linalg.diag(diagonal))
+    return tf.concat([increment[..., :2], tf.stack(channels, axis=-1)], axis=-1)
+
+
 def particle_hole(image: tf.Tensor, increment: bool = False) -> tf.Tensor:
     """The particle-hole transform of a state image: rho -> 1 - S rho^T S, Q -> -Q, P -> -P
     with S = diag((-1)^i); of an increment (or derivative) image without the 1.
@@ -197,6 +228,34 @@ def particle_hole(image: tf.Tensor, increment: bool = False) -> tf.Tensor:
         real += tf.eye(L, dtype=image.dtype)
     return tf.stack([real, -signs * transposed[..., 1], -image[..., 2], -image[..., 3]],
                     axis=-1)
+
+
+def reflection(image: tf.Tensor, increment: bool = False) -> tf.Tensor:
+    """The chain's reflection i -> -i (mod L) of a state image (or of an increment alike):
+    rho_ij -> rho_{-i,-j}, Q_i -> Q_{-i}, P_i -> P_{-i}.
+
+    The hopping is real and the same both ways, so the reflection maps solutions of the
+    equations of motion to solutions and the exact step commutes with it. It turns every
+    momentum k into -k: a step that commutes with it cannot shift all of the electrons'
+    momenta one way (twist every bond's phase of rho alike), which a plain network can.
+    """
+    del increment  # linear: a state and an increment transform alike
+    for axis in (1, 2):
+        image = tf.roll(tf.reverse(image, [axis]), 1, axis)  # index i -> (L - i) mod L
+    return image
+
+
+SYMMETRIES: dict[str, Callable[..., tf.Tensor]] = {"particle_hole": particle_hole,
+                                                     "reflection": reflection}
+
+
+def _transformed(image: tf.Tensor, element: Sequence[str], increment: bool = False
+                 ) -> tf.Tensor:
+    """`image` under the product of the named `SYMMETRIES` (commuting involutions, so the
+    product is its own inverse)."""
+    for name in element:
+        image = SYMMETRIES[name](image, increment)
+    return image
 
 
 def _hermitian_rho(image: tf.Tensor) -> tf.Tensor:
@@ -305,10 +364,11 @@ class HolsteinModel(keras.Model):
     def __init__(self, scales: Mapping[str, float], channels: int, n_blocks: int,
                  dropout: float = 0.2, kernel_size: int = 3, zero_init_output: bool = True,
                  precision: str = "float32", conserve: bool = False,
-                 particle_hole: bool = False, embedding: str = "diagonal",
+                 particle_hole: bool = False, reflection: bool = False,
+                 embedding: str = "diagonal",
                  integrator_input: str = "derivative", propagate_rho: bool = False,
                  coupling: float | None = None, time_step: float | None = None,
-                 **kwargs: Any) -> None:
+                 uniform_mode: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {embedding!r}; valid embeddings: "
@@ -324,12 +384,22 @@ class HolsteinModel(keras.Model):
             raise ValueError(f"propagate_rho needs the protocol's coupling g (after the quench) "
                              f"and time step (> 0); got coupling={coupling!r}, "
                              f"time_step={time_step!r}")
+        if uniform_mode and not (time_step is not None and time_step > 0):
+            raise ValueError(f"uniform_mode needs the protocol's time step (> 0); got "
+                             f"time_step={time_step!r}")
         self.scales = validate_scales(scales)
         self.architecture = Architecture(channels, n_blocks, dropout, kernel_size)
         self.zero_init_output = zero_init_output
         self.precision = precision
         self.conserve = bool(conserve)
         self.particle_hole = bool(particle_hole)
+        self.reflection = bool(reflection)
+        self.uniform_mode = bool(uniform_mode)
+        # The group the step is averaged over: every product of the chosen symmetries.
+        self._group: list[tuple[str, ...]] = [()]
+        for name in ("particle_hole", "reflection"):
+            if getattr(self, name):
+                self._group += [element + (name,) for element in self._group]
         self.embedding = embedding
         self.integrator_input = integrator_input
         self.propagate_rho = bool(propagate_rho)
@@ -347,11 +417,17 @@ class HolsteinModel(keras.Model):
         return _ScaledNetwork(in_scale, _channel_scales(self.scales, outputs), self.architecture,
                               zero_init_output, self.precision, self.embedding, name=name)
 
-    def _admissible(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
-        """A network's raw output as a state increment (or derivative): masked to the state's
-        entries and, with `conserve`, projected onto the dynamics' invariants."""
+    def _admissible(self, image: tf.Tensor, increment: tf.Tensor, rate: bool = False
+                    ) -> tf.Tensor:
+        """A network's raw output as a state increment (or with `rate` a derivative): masked
+        to the state's entries and, with `conserve`, projected onto the dynamics' invariants;
+        with `uniform_mode` the lattice's uniform mode moved exactly."""
         increment = _state_mask(image) * increment
-        return conserving(increment) if self.conserve else increment
+        if self.conserve:
+            increment = conserving(increment)
+        if self.uniform_mode:
+            increment = with_uniform_mode(image, increment, None if rate else self.time_step)
+        return increment
 
     def _next(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
         """The next image from the integrator's (or CNN's) increment, added to the image or,
@@ -377,7 +453,7 @@ class HolsteinModel(keras.Model):
                 ) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`_advance`, then with `conserve` rho projected back onto the rollout's initial
         spectrum (not the previous step's, so round-off in eigh cannot random-walk it)."""
-        advance = self._symmetric_advance if self.particle_hole else self._advance
+        advance = self._symmetric_advance if len(self._group) > 1 else self._advance
         next_image, derivative = advance(image, training)
         if invariants is not None:
             next_image = with_spectrum(next_image, invariants)
@@ -385,16 +461,21 @@ class HolsteinModel(keras.Model):
 
     def _symmetric_advance(self, image: tf.Tensor, training: bool
                            ) -> tuple[tf.Tensor, tf.Tensor | None]:
-        """`_advance` averaged over the particle-hole orbit {u, PH u}, so the step commutes
-        with PH exactly as the true one does. Then a state's PH-symmetric errors cannot
-        feed its staggered order, which after the L = 16 deep quench is a 1e-4 to 1e-2
-        signal beside per-site errors of 1e-2. One network pass on both, batched."""
-        def orbit_mean(pair: tf.Tensor, increment: bool) -> tf.Tensor:
-            plain, mirrored = tf.split(pair, 2)
-            return 0.5 * (plain + particle_hole(mirrored, increment))
+        """`_advance` averaged over the group of the chosen symmetries (`particle_hole`,
+        `reflection`): the mean of g^-1 advance(g u) over its elements g, so the step
+        commutes with each exactly as the true one does. Particle-hole: a state's
+        PH-symmetric errors cannot feed its staggered order, which after the L = 16 deep
+        quench is a 1e-4 to 1e-2 signal beside per-site errors of 1e-2. Reflection: the
+        step cannot push every momentum one way. One network pass over the whole orbit."""
+        group = self._group
 
-        images, derivatives = self._advance(tf.concat([image, particle_hole(image)], 0),
-                                            training)
+        def orbit_mean(stacked: tf.Tensor, increment: bool) -> tf.Tensor:
+            parts = tf.split(stacked, len(group))
+            return tf.add_n([_transformed(part, element, increment)
+                             for part, element in zip(parts, group)]) / len(group)
+
+        images, derivatives = self._advance(
+            tf.concat([_transformed(image, element) for element in group], 0), training)
         return orbit_mean(images, False), \
             None if derivatives is None else orbit_mean(derivatives, True)
 
@@ -496,9 +577,11 @@ class HolsteinModel(keras.Model):
         return {**super().get_config(), "scales": dict(self.scales),
                 **dataclasses.asdict(self.architecture), "zero_init_output": self.zero_init_output,
                 "precision": self.precision, "conserve": self.conserve,
-                "particle_hole": self.particle_hole, "embedding": self.embedding,
+                "particle_hole": self.particle_hole, "reflection": self.reflection,
+                "embedding": self.embedding,
                 "integrator_input": self.integrator_input, "propagate_rho": self.propagate_rho,
-                "coupling": self.coupling, "time_step": self.time_step}
+                "coupling": self.coupling, "time_step": self.time_step,
+                "uniform_mode": self.uniform_mode}
 
 
 def _batch_major(array: tf.TensorArray) -> tf.Tensor:
@@ -551,7 +634,8 @@ class HolsteinPARC(HolsteinModel):
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         # Decoding then encoding the derivative, as the reference does, zeroes the
         # off-diagonal entries of the Q and P channels: the mask does the same.
-        derivative = self._admissible(image, self.differentiator([image], training=training))
+        derivative = self._admissible(image, self.differentiator([image], training=training),
+                                      rate=True)
         images = {"": image, "d": derivative}
         delta = self.integrator([images[prefix] for prefix in self._integrator_inputs],
                                 training=training)
@@ -565,7 +649,7 @@ def build_model(kind: str, preset: str, scales: Mapping[str, float],
                 **overrides: Any) -> HolsteinModel:
     """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
     `Architecture` (or `zero_init_output`, `precision`, `conserve`, `particle_hole`,
-    `embedding`, `integrator_input`, `propagate_rho` with `coupling` and `time_step`)
+    `reflection`, `embedding`, `integrator_input`, `propagate_rho` with `coupling` and `time_step`)
     overridable by keyword."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
