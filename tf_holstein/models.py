@@ -651,8 +651,8 @@ def build_model(kind: str, preset: str, scales: Mapping[str, float],
                 **overrides: Any) -> HolsteinModel:
     """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
     `Architecture` (or `zero_init_output`, `precision`, `conserve`, `particle_hole`,
-    `reflection`, `embedding`, `integrator_input`, `propagate_rho` with `coupling` and `time_step`)
-    overridable by keyword."""
+    `reflection`, `embedding`, `integrator_input`, `propagate_rho` with `coupling` and `time_step`,
+    `uniform_mode` with `time_step`) overridable by keyword."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
     if preset not in PRESETS:
