@@ -101,6 +101,9 @@ class ModelConfig:
     # Move the lattice's uniform mode (site means of Q and P), a free oscillator at half
     # filling, exactly instead of by the networks (models.with_uniform_mode).
     uniform_mode: bool = False
+    # > 0: advance the whole state by a Strang splitting of the exact equations of motion in
+    # this many parts per step (physics.split_step); the networks learn its residual.
+    split_steps: int = 0
 
     def validate(self) -> "ModelConfig":
         if self.kind not in ("cnn", "parc"):
@@ -115,6 +118,10 @@ class ModelConfig:
         if self.kind == "cnn" and self.integrator_input != "derivative":
             raise ValueError("invalid model config: integrator_input applies to PARC only "
                              "(kind='parc')")
+        if self.split_steps < 0 or (self.split_steps and self.propagate_rho):
+            raise ValueError(f"invalid model config: split_steps must be >= 0 and replaces "
+                             f"propagate_rho (choose one), got split_steps={self.split_steps}, "
+                             f"propagate_rho={self.propagate_rho}")
         if self.precision not in ("float32", "mixed_bfloat16"):
             raise ValueError(f"invalid model config: precision must be 'float32' or "
                              f"'mixed_bfloat16', got {self.precision!r}")

@@ -25,7 +25,10 @@ VARIANTS = [("cnn", {"embedding": "broadcast"}),
             ("parc", {"propagate_rho": True, "coupling": 1.0, "time_step": 2.56,
                       "integrator_input": "state_and_derivative"}),
             ("cnn", {"uniform_mode": True, "time_step": 2.56}),
-            ("parc", {"uniform_mode": True, "time_step": 2.56})]
+            ("parc", {"uniform_mode": True, "time_step": 2.56}),
+            ("cnn", {"split_steps": 1, "coupling": 1.0, "time_step": 2.56}),
+            ("parc", {"split_steps": 2, "coupling": 1.0, "time_step": 2.56,
+                      "uniform_mode": True})]
 
 
 def variant(kind: str, **options) -> models.HolsteinModel:
@@ -87,6 +90,22 @@ def test_untrained_propagating_model_advances_rho_exactly_at_a_frozen_lattice(ki
     assert np.abs(expected - state["rho"]).max() > 0.1  # the propagation is not trivial
     for key in ("Q", "P"):
         np.testing.assert_array_equal(stepped[key].numpy(), state[key])
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_untrained_split_step_model_takes_the_split_step(kind):
+    """With its output conv at zero a `split_steps` model's step is `physics.split_step`
+    (here in double precision); float32 eigenpairs turned into phases E dt ~ 8: ~1e-6."""
+    model = models.build_model(kind, "tiny", SCALES, channels=8, split_steps=2, coupling=1.0,
+                               time_step=2.56, uniform_mode=True)
+    state = random_state(3, 8)
+    expected = physics.split_step(tf.constant(state["rho"], tf.complex128),
+                                  tf.constant(state["Q"], tf.float64),
+                                  tf.constant(state["P"], tf.float64), 1.0, 2.56, 2)
+    stepped = model.step(state)
+    for key, value in zip(models.STATE_KEYS, expected):
+        np.testing.assert_allclose(stepped[key].numpy(), value.numpy(), atol=2e-5)
+        assert np.abs(value.numpy() - state[key]).max() > 0.1  # the step is not trivial
 
 
 @pytest.mark.parametrize("name", list(models.SYMMETRIES))
@@ -169,6 +188,14 @@ def test_propagation_needs_the_protocol():
         variant("cnn", propagate_rho=True, coupling=1.0)
     with pytest.raises(ValueError, match="uniform_mode needs the protocol's time step"):
         variant("parc", uniform_mode=True)
+    with pytest.raises(ValueError, match="split_steps needs the protocol's coupling"):
+        variant("parc", split_steps=2, time_step=2.56)
+    with pytest.raises(ValueError, match="replaces propagate_rho"):
+        variant("cnn", split_steps=2, propagate_rho=True, coupling=1.0, time_step=2.56)
+    with pytest.raises(ValueError, match="split_steps must be a whole number"):
+        variant("cnn", split_steps=-1, coupling=1.0, time_step=2.56)
+    with pytest.raises(ValueError, match="replaces propagate_rho"):
+        ModelConfig(split_steps=1, propagate_rho=True).validate()
 
 
 def test_the_uniform_mode_is_a_free_oscillator_and_moves_exactly():
@@ -213,7 +240,8 @@ def test_bad_options_name_the_valid_ones():
 @pytest.mark.parametrize("options", [
     {"embedding": "broadcast", "integrator_input": "state_and_derivative"},
     {"propagate_rho": True, "integrator_input": "state_and_derivative", "reflection": True,
-     "uniform_mode": True}])
+     "uniform_mode": True},
+    {"split_steps": 1, "reflection": True, "uniform_mode": True}])
 def test_a_parc_variant_trains(tmp_path, options):
     """The trainer builds every option from the config (and the dataset's protocol), and the
     loss falls."""

@@ -34,9 +34,10 @@ def _define_flags() -> None:
     """The command's own flags, defined only when run as a command (no global clashes);
     --config, --data_dir and --progress come from tf_holstein.cli."""
     flags.DEFINE_multi_string("model", None, "a .keras file, a SavedModel directory, a "
-                              "training workdir (its export/saved_model), or 'exact': the RK4 "
+                              "training workdir (its export/saved_model), 'exact': the RK4 "
                               "simulator restarted from the stored states, the floor of every "
-                              "metric; repeat the flag to evaluate and compare several")
+                              "metric, or 'split:N': the weight-free split step in N parts per "
+                              "step; repeat the flag to evaluate and compare several")
     flags.DEFINE_multi_string("predictions", None, "instead of --model: a .npz of rollouts "
                               "made elsewhere, in the layout pipelines/batch_inference.py "
                               "writes (index, Delta_rho, Delta_Q and optionally rho, Q, P; "

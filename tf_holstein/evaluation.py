@@ -43,6 +43,7 @@ TRACE_ROWS = 4  # trajectories drawn in order_parameters.png (Fig. 7 shows four)
 # independent states of a chaotic trajectory, and few enough to stay cheap.
 NOISE_EVERY = 50
 EXACT = "exact"  # --model exact: the RK4 simulator itself, the floor for every learned model
+SPLIT = "split:"  # --model split:N: the weight-free split step in N parts (physics.split_step)
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -142,6 +143,41 @@ def exact_model(meta: Mapping[str, Any]) -> LoadedModel:
                 for key in records.STATE_KEYS}
 
     return LoadedModel(Path(EXACT), EXACT, exact_rollout, {}, None)
+
+
+def _parts(spec: str) -> int:
+    """N of a `split:N` model spec."""
+    try:
+        return int(spec[len(SPLIT):])
+    except ValueError:
+        raise ValueError(f"--model {spec}: expected {SPLIT}N with N a whole number of parts "
+                         f"per step, e.g. {SPLIT}2") from None
+
+
+def split_model(meta: Mapping[str, Any], parts: int) -> LoadedModel:
+    """The weight-free Strang split step (`physics.split_step`) in `parts` parts per saved
+    step, in double precision, behind the rollout interface: the physics that a model with
+    `split_steps` corrects, and a cheap integrator to weigh learned models against."""
+    if parts < 1:
+        raise ValueError(f"--model {SPLIT}N needs N >= 1 parts per step, got {parts}")
+    g, time_step = meta["config"]["g_f"], meta["time_step"]
+
+    @tf.function
+    def advance(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return physics.split_step(rho, Q, P, g, time_step, parts)
+
+    def split_rollout(state: Mapping[str, np.ndarray], n_steps: int) -> rollout.State:
+        current = (tf.constant(state["rho"], tf.complex128), tf.constant(state["Q"], tf.float64),
+                   tf.constant(state["P"], tf.float64))
+        steps = []
+        for _ in range(n_steps):
+            current = advance(*current)
+            steps.append([x.numpy() for x in current])
+        return {key: np.stack([s[k] for s in steps], axis=1)
+                for k, key in enumerate(records.STATE_KEYS)}
+
+    name = f"{SPLIT}{parts}"
+    return LoadedModel(Path(name), name, split_rollout, {}, None)
 
 
 def check_protocol(metadata: Mapping[str, Any], meta: Mapping[str, Any],
@@ -359,12 +395,15 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     many of the exact simulator).
     """
     meta = _read_meta(data, split)
-    if str(model) != EXACT:
+    builtin = str(model) == EXACT or str(model).startswith(SPLIT)
+    if not builtin:
         loaded = load_model(model)
     elif out_dir is None:
-        raise ValueError("--model exact has no directory to write into: pass --out")
-    else:
+        raise ValueError(f"--model {model} has no directory to write into: pass --out")
+    elif str(model) == EXACT:
         loaded = exact_model(meta)
+    else:
+        loaded = split_model(meta, _parts(str(model)))
     check_protocol(loaded.metadata, meta, allow_other_L)
     available = meta["splits"][split]["num_trajectories"]
     n_traj = available if n_traj is None else n_traj

@@ -28,6 +28,9 @@ lattice frozen at the step's start, rho -> U rho U^+ with U = exp(-i H(Q) dt), a
 networks learn only what that leaves: the lattice's motion and its back-action on rho. Over
 the deep quench's step (dt = 2.56 hbar/t) the free hopping carries rho up to 7 sites, beyond a
 small network's reach, while this propagation costs one L x L eigendecomposition per step.
+`split_steps=n` goes further: the whole state takes a Strang splitting of the exact
+equations of motion in n parts (`physics.split_step`: the electrons and their force exactly
+at a frozen lattice, the free lattice's turn exactly), and the networks learn its residual.
 
 Exact symmetries and invariants the networks need not learn (all off by default):
 `particle_hole` and `reflection` average each step over the orbit of those symmetries of the
@@ -187,11 +190,12 @@ def conserving(increment: tf.Tensor) -> tf.Tensor:
     return tf.concat([real[..., None], imag[..., None], increment[..., 2:]], axis=-1)
 
 
-def with_uniform_mode(image: tf.Tensor, increment: tf.Tensor, time_step: float | None
-                      ) -> tf.Tensor:
+def with_uniform_mode(image: tf.Tensor, increment: tf.Tensor, time_step: float | None,
+                      residual: bool = False) -> tf.Tensor:
     """`increment` (of `image`, masked) with the site means of its Q and P parts set to the
     exact motion of the lattice's uniform mode (Q0, P0) = site means of (Q, P); with
-    `time_step` None `increment` is a rate du/dt.
+    `time_step` None `increment` is a rate du/dt; with `residual` it corrects a step that
+    moves the mode exactly already, and its means are set to zero.
 
     At half filling sum_i (Re rho_ii - 1/2) = 0, so dQ0/dt = K0 P0, dP0/dt = -K0 Q0: the
     uniform mode is a free oscillator that no other degree of freedom drives or feels
@@ -200,7 +204,9 @@ def with_uniform_mode(image: tf.Tensor, increment: tf.Tensor, time_step: float |
     """
     Q0 = tf.reduce_mean(tf.linalg.diag_part(image[..., 2]), axis=-1)
     P0 = tf.reduce_mean(tf.linalg.diag_part(image[..., 3]), axis=-1)
-    if time_step is None:
+    if residual:
+        targets = (tf.zeros_like(Q0), tf.zeros_like(P0))
+    elif time_step is None:
         targets = (physics.K0 * P0, -physics.K0 * Q0)
     else:
         cos, sin = math.cos(physics.K0 * time_step), math.sin(physics.K0 * time_step)
@@ -370,7 +376,7 @@ class HolsteinModel(keras.Model):
                  embedding: str = "diagonal",
                  integrator_input: str = "derivative", propagate_rho: bool = False,
                  coupling: float | None = None, time_step: float | None = None,
-                 uniform_mode: bool = False, **kwargs: Any) -> None:
+                 uniform_mode: bool = False, split_steps: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {embedding!r}; valid embeddings: "
@@ -386,6 +392,17 @@ class HolsteinModel(keras.Model):
             raise ValueError(f"propagate_rho needs the protocol's coupling g (after the quench) "
                              f"and time step (> 0); got coupling={coupling!r}, "
                              f"time_step={time_step!r}")
+        if split_steps and (propagate_rho or not (coupling is not None
+                                                  and time_step is not None
+                                                  and math.isfinite(coupling)
+                                                  and time_step > 0)):
+            raise ValueError(f"split_steps needs the protocol's coupling g (after the quench) "
+                             f"and time step (> 0), and replaces propagate_rho; got "
+                             f"coupling={coupling!r}, time_step={time_step!r}, "
+                             f"propagate_rho={propagate_rho!r}")
+        if split_steps < 0 or int(split_steps) != split_steps:
+            raise ValueError(f"split_steps must be a whole number >= 0 (0: no split step), "
+                             f"got {split_steps!r}")
         if uniform_mode and not (time_step is not None and time_step > 0):
             raise ValueError(f"uniform_mode needs the protocol's time step (> 0); got "
                              f"time_step={time_step!r}")
@@ -405,6 +422,7 @@ class HolsteinModel(keras.Model):
         self.embedding = embedding
         self.integrator_input = integrator_input
         self.propagate_rho = bool(propagate_rho)
+        self.split_steps = int(split_steps)
         self.coupling = None if coupling is None else float(coupling)
         self.time_step = None if time_step is None else float(time_step)
         self._compiled_rollouts = _FunctionCache()
@@ -428,16 +446,25 @@ class HolsteinModel(keras.Model):
         if self.conserve:
             increment = conserving(increment)
         if self.uniform_mode:
-            increment = with_uniform_mode(image, increment, None if rate else self.time_step)
+            # After a split step, which moves the uniform mode exactly, the increment is a
+            # residual whose uniform mode must vanish.
+            increment = with_uniform_mode(image, increment, None if rate else self.time_step,
+                                          residual=bool(self.split_steps) and not rate)
         return increment
 
     def _next(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
-        """The next image from the integrator's (or CNN's) increment, added to the image or,
-        with `propagate_rho`, to the image with rho propagated at frozen Q."""
-        return self._propagated(image) + self._admissible(image, increment)
+        """The next image: the integrator's (or CNN's) increment added to `_physics_step`."""
+        return self._physics_step(image) + self._admissible(image, increment)
 
-    def _propagated(self, image: tf.Tensor) -> tf.Tensor:
-        """The image with rho -> U rho U^+ (`frozen_lattice_propagator`) if `propagate_rho`."""
+    def _physics_step(self, image: tf.Tensor) -> tf.Tensor:
+        """The image advanced by the model's built-in physics, which the networks correct:
+        the split step (`split_steps`), rho -> U rho U^+ at frozen Q (`propagate_rho`,
+        `frozen_lattice_propagator`), or none."""
+        if self.split_steps:
+            state = decode(image)
+            rho, Q, P = physics.split_step(state["rho"], state["Q"], state["P"], self.coupling,
+                                           self.time_step, self.split_steps)
+            return encode({"rho": rho, "Q": Q, "P": P})
         if not self.propagate_rho:
             return image
         U = frozen_lattice_propagator(tf.linalg.diag_part(image[..., 2]), self.coupling,
@@ -583,7 +610,7 @@ class HolsteinModel(keras.Model):
                 "embedding": self.embedding,
                 "integrator_input": self.integrator_input, "propagate_rho": self.propagate_rho,
                 "coupling": self.coupling, "time_step": self.time_step,
-                "uniform_mode": self.uniform_mode}
+                "uniform_mode": self.uniform_mode, "split_steps": self.split_steps}
 
 
 def _batch_major(array: tf.TensorArray) -> tf.Tensor:
@@ -651,8 +678,8 @@ def build_model(kind: str, preset: str, scales: Mapping[str, float],
                 **overrides: Any) -> HolsteinModel:
     """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
     `Architecture` (or `zero_init_output`, `precision`, `conserve`, `particle_hole`,
-    `reflection`, `embedding`, `integrator_input`, `propagate_rho` with `coupling` and `time_step`,
-    `uniform_mode` with `time_step`) overridable by keyword."""
+    `reflection`, `embedding`, `integrator_input`, `propagate_rho` or `split_steps` with
+    `coupling` and `time_step`, `uniform_mode` with `time_step`) overridable by keyword."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
     if preset not in PRESETS:

@@ -105,7 +105,7 @@ class Trainer:
         keras.utils.set_random_seed(train.train_seed)
         with self.strategy.scope():
             options = dataclasses.asdict(config.model)
-            if options["propagate_rho"] or options["uniform_mode"]:
+            if options["propagate_rho"] or options["uniform_mode"] or options["split_steps"]:
                 options.update(coupling=self.meta["config"]["g_f"],
                                time_step=self.meta["time_step"])
             self.model = models.MODELS[options.pop("kind")](self.meta["scales"], **options)
