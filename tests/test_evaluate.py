@@ -1,5 +1,6 @@
 """Evaluation: statistics against closed forms and NumPy, metrics against direct
 computation, chunked and exported rollouts, divergence reporting, the command."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -322,6 +323,28 @@ def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path
     assert max(summary["state_rmse"].values()) < 1e-7, summary["state_rmse"]
     with pytest.raises(ValueError, match="--model exact has no directory to write into"):
         evaluation.evaluate(evaluation.EXACT, smoke_dataset, progress=False)
+
+
+def test_the_split_step_converges_on_the_stored_truth(tmp_path):
+    """--model split:N rolls out the weight-free split step: its state error falls about
+    fourfold from 1 to 2 parts (second order), and on a dataset made for testing only,
+    which records no training scales, it is judged by the truth's own range."""
+    from tf_holstein import datagen
+    from tf_holstein.configs import get_config
+
+    data = get_config("smoke").data
+    test_only = datagen.generate(dataclasses.replace(data, n_train=0, n_val=0),
+                                 tmp_path / "data", progress=False)
+    errors = []
+    for parts in (1, 2):
+        result = evaluation.evaluate(f"{evaluation.SPLIT}{parts}", test_only,
+                                     out_dir=tmp_path / str(parts), progress=False)
+        assert result["run"]["model_format"] == f"split:{parts}"
+        assert result["summary"]["n_diverged"] == 0
+        errors.append(max(result["summary"]["state_rmse"].values()))
+    assert errors[1] < 1e-3 and 3 < errors[0] / errors[1] < 5, errors
+    with pytest.raises(ValueError, match="expected split:N"):
+        evaluation.evaluate("split:two", test_only, out_dir=tmp_path, progress=False)
 
 
 def test_model_paths_resolve_to_the_shipped_artefact(identity_run):

@@ -228,6 +228,16 @@ def truth_batches(dataset_dir: str | Path, split: str, n_traj: int, batch_size: 
         yield arrays
 
 
+def truth_scales(batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Max-abs of rho's real and imaginary parts, of Q and of P over `truth_batches`."""
+    scales = dict.fromkeys(records.STATE_KEYS, 0.0)
+    for batch in batches:
+        for key in records.STATE_KEYS:
+            parts = (batch[key].real, batch[key].imag) if key == "rho" else (batch[key],)
+            scales[key] = max(scales[key], *(float(np.abs(part).max()) for part in parts))
+    return scales
+
+
 def transitions(dataset_dir: str | Path, split: str, n_traj: int, batch_size: int, every: int
                 ) -> tuple[rollout.State, rollout.State]:
     """Stored states at steps 0, every, 2 every, ... of the first n_traj trajectories and the
@@ -417,6 +427,9 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     # "Far outside the training range" is judged by the model's own training scales;
     # a dataset made for testing only has none.
     scales = loaded.metadata.get("model_config", {}).get("scales") or meta["scales"]
+    if not scales and builtin:
+        # A physics model has no training range: it is judged by the truth's own.
+        scales = truth_scales(truth_batches(data, split, n_traj, batch_size))
     collected, result = _score(
         loaded.rollout, truth_batches(data, split, n_traj, batch_size), data, split, meta,
         n_traj=n_traj, steps=steps, scales=scales, batch_size=batch_size, chunk=chunk,
