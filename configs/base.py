@@ -104,6 +104,9 @@ class ModelConfig:
     # > 0: advance the whole state by a Strang splitting of the exact equations of motion in
     # this many parts per step (physics.split_step); the networks learn its residual.
     split_steps: int = 0
+    # Move rho along its unitary orbit after each step so that the total energy stays at its
+    # value at the rollout's start (models.with_energy; g comes from the dataset).
+    conserve_energy: bool = False
 
     def validate(self) -> "ModelConfig":
         if self.kind not in ("cnn", "parc"):

@@ -7,7 +7,8 @@
     python -m tf_holstein.evaluate --model /tmp/parc2_reflection.keras --data data/deep_L32
 
 Options that add no weights (`particle_hole`, `reflection`, `uniform_mode` with `time_step`,
-`propagate_rho` with `coupling` and `time_step`, `conserve`) change how a model steps, not
+`propagate_rho` with `coupling` and `time_step`, `conserve`, `conserve_energy` with
+`coupling`) change how a model steps, not
 what it learned: applying them to a model trained without them asks whether the option
 alone, post hoc, changes its rollouts. Values are JSON.
 """
@@ -22,7 +23,7 @@ import keras
 from tf_holstein import models
 
 WEIGHT_FREE = ("particle_hole", "reflection", "uniform_mode", "propagate_rho", "time_step",
-               "coupling", "conserve")
+               "coupling", "conserve", "conserve_energy")
 
 
 def apply_options(source: str, target: str, options: dict) -> models.HolsteinModel:

@@ -28,7 +28,8 @@ VARIANTS = [("cnn", {"embedding": "broadcast"}),
             ("parc", {"uniform_mode": True, "time_step": 2.56}),
             ("cnn", {"split_steps": 1, "coupling": 1.0, "time_step": 2.56}),
             ("parc", {"split_steps": 2, "coupling": 1.0, "time_step": 2.56,
-                      "uniform_mode": True})]
+                      "uniform_mode": True}),
+            ("cnn", {"conserve_energy": True, "coupling": 1.0})]
 
 
 def variant(kind: str, **options) -> models.HolsteinModel:
@@ -106,6 +107,30 @@ def test_untrained_split_step_model_takes_the_split_step(kind):
     for key, value in zip(models.STATE_KEYS, expected):
         np.testing.assert_allclose(stepped[key].numpy(), value.numpy(), atol=2e-5)
         assert np.abs(value.numpy() - state[key]).max() > 0.1  # the step is not trivial
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_conserve_energy_keeps_a_rollouts_energy_and_spectrum(kind):
+    """With `conserve_energy` (and `conserve`) every step of a rollout ends at its start's
+    energy and rho's spectrum, where the same weights without it change the energy."""
+    state = random_state(3, 8)
+    plain = variant(kind, conserve=True)
+    model = variant(kind, conserve=True, conserve_energy=True, coupling=1.0)
+    model.set_weights(plain.get_weights())
+
+    def energy(s):
+        return physics.energy(tf.cast(s["rho"], tf.complex128), tf.cast(s["Q"], tf.float64),
+                              tf.cast(s["P"], tf.float64), 1.0).numpy()
+
+    start = energy(state)
+    assert np.abs(energy(plain.step(state)) - start).max() > 1e-2
+    rollout = model.rollout(state, 10)
+    # float32 rounding of an energy summed over L^2 terms of order one: ~1e-5.
+    for t in range(10):
+        at = {key: value[:, t].numpy() for key, value in rollout.items()}
+        np.testing.assert_allclose(energy(at), start, atol=1e-4)
+        np.testing.assert_allclose(np.linalg.eigvalsh(at["rho"]),
+                                   np.linalg.eigvalsh(state["rho"]), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(models.SYMMETRIES))
@@ -196,6 +221,8 @@ def test_propagation_needs_the_protocol():
         variant("cnn", split_steps=-1, coupling=1.0, time_step=2.56)
     with pytest.raises(ValueError, match="replaces propagate_rho"):
         ModelConfig(split_steps=1, propagate_rho=True).validate()
+    with pytest.raises(ValueError, match="conserve_energy needs the protocol's coupling"):
+        variant("cnn", conserve_energy=True)
 
 
 def test_the_uniform_mode_is_a_free_oscillator_and_moves_exactly():
@@ -241,7 +268,7 @@ def test_bad_options_name_the_valid_ones():
     {"embedding": "broadcast", "integrator_input": "state_and_derivative"},
     {"propagate_rho": True, "integrator_input": "state_and_derivative", "reflection": True,
      "uniform_mode": True},
-    {"split_steps": 1, "reflection": True, "uniform_mode": True}])
+    {"split_steps": 1, "reflection": True, "uniform_mode": True, "conserve_energy": True}])
 def test_a_parc_variant_trains(tmp_path, options):
     """The trainer builds every option from the config (and the dataset's protocol), and the
     loss falls."""

@@ -35,7 +35,8 @@ at a frozen lattice, the free lattice's turn exactly), and the networks learn it
 Exact symmetries and invariants the networks need not learn (all off by default):
 `particle_hole` and `reflection` average each step over the orbit of those symmetries of the
 equations of motion, so that it commutes with them; `uniform_mode` moves the lattice's
-uniform mode, a free oscillator at half filling, exactly.
+uniform mode, a free oscillator at half filling, exactly; `conserve` keeps rho's spectrum and
+`conserve_energy` the total energy at their values at a rollout's start.
 
 With `precision="mixed_bfloat16"` the networks' convolutions compute in bfloat16
 (`tf_holstein.layers`); the weights, the state and its update, the scalings and
@@ -296,6 +297,54 @@ def with_spectrum(image: tf.Tensor, eigenvalues: tf.Tensor) -> tf.Tensor:
     return image + tf.pad(tf.stop_gradient(correction), [[0, 0], [0, 0], [0, 0], [0, 2]])
 
 
+# Relative energy errors below this (about 100 float32 roundings) are not corrected.
+ENERGY_TOLERANCE = 1e-5
+
+
+def double_energy(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, coupling: float) -> tf.Tensor:
+    """`physics.energy` of a single-precision state, summed in double precision."""
+    return physics.energy(tf.cast(rho, tf.complex128), tf.cast(Q, tf.float64),
+                          tf.cast(P, tf.float64), coupling)
+
+
+def with_energy(image: tf.Tensor, energy: tf.Tensor, coupling: float, iterations: int = 3
+                ) -> tf.Tensor:
+    """`image` with rho moved along its unitary orbit until the total energy is `energy`
+    ([batch], float64, as `double_energy`): rho -> exp(e A) rho exp(-e A) with
+    A = [H(Q), rho], e by Newton steps.
+
+    The exact flow conserves the energy; a learned step's small errors need not, and off the
+    data they can heat the electrons until the charge order melts. Along A the energy changes
+    fastest (dE/de = ||A||_F^2) while rho's spectrum stays, so this composes with
+    `with_spectrum`. Each Newton step turns rho by at most about 0.4 rad (|e| ||A||_F <= 0.2),
+    so a far-off state is corrected over a few steps rather than thrown. Errors within
+    ENERGY_TOLERANCE of |energy| are left alone: near a stationary state ||A|| is small and a
+    Newton step on rounding noise would turn rho far. The gradient is straight through, as
+    `with_spectrum`'s.
+    """
+    rho = tf.stop_gradient(tf.complex(image[..., 0], image[..., 1]))
+    Q = tf.stop_gradient(tf.linalg.diag_part(image[..., 2]))
+    P = tf.stop_gradient(tf.linalg.diag_part(image[..., 3]))
+    H = tf.cast(physics.hamiltonian(Q, coupling), rho.dtype)
+    target = rho
+    for _ in range(iterations):
+        A = tf.matmul(H, target) - tf.matmul(target, H)
+        norm = tf.sqrt(tf.reduce_sum(tf.math.real(A * tf.math.conj(A)), axis=[-2, -1]))
+        error = tf.cast(double_energy(target, Q, P, coupling) - energy, norm.dtype)
+        error = tf.where(tf.abs(error) > ENERGY_TOLERANCE * (1.0 + tf.abs(
+            tf.cast(energy, norm.dtype))), error, 0.0)
+        limit = 0.2 / tf.maximum(norm, 1e-12)
+        e = tf.clip_by_value(-error / tf.maximum(norm * norm, 1e-24), -limit, limit)
+        # exp(e A) = exp(-i e B) with B = i A Hermitian.
+        generator, vectors = tf.linalg.eigh(1j * A)
+        angles = -e[:, None] * tf.math.real(generator)
+        phases = tf.exp(tf.complex(tf.zeros_like(angles), angles))
+        U = tf.matmul(vectors * phases[..., None, :], vectors, adjoint_b=True)
+        target = tf.matmul(tf.matmul(U, target), U, adjoint_b=True)
+    correction = tf.stack([tf.math.real(target - rho), tf.math.imag(target - rho)], axis=-1)
+    return image + tf.pad(tf.stop_gradient(correction), [[0, 0], [0, 0], [0, 0], [0, 2]])
+
+
 def validate_scales(scales: Mapping[str, float]) -> dict[str, float]:
     """The nine scaling constants as plain floats; ValueError naming missing or bad ones."""
     missing = [key for key in SCALE_KEYS if key not in scales]
@@ -376,7 +425,8 @@ class HolsteinModel(keras.Model):
                  embedding: str = "diagonal",
                  integrator_input: str = "derivative", propagate_rho: bool = False,
                  coupling: float | None = None, time_step: float | None = None,
-                 uniform_mode: bool = False, split_steps: int = 0, **kwargs: Any) -> None:
+                 uniform_mode: bool = False, split_steps: int = 0,
+                 conserve_energy: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {embedding!r}; valid embeddings: "
@@ -403,6 +453,9 @@ class HolsteinModel(keras.Model):
         if split_steps < 0 or int(split_steps) != split_steps:
             raise ValueError(f"split_steps must be a whole number >= 0 (0: no split step), "
                              f"got {split_steps!r}")
+        if conserve_energy and not (coupling is not None and math.isfinite(coupling)):
+            raise ValueError(f"conserve_energy needs the protocol's coupling g (after the "
+                             f"quench); got coupling={coupling!r}")
         if uniform_mode and not (time_step is not None and time_step > 0):
             raise ValueError(f"uniform_mode needs the protocol's time step (> 0); got "
                              f"time_step={time_step!r}")
@@ -423,6 +476,7 @@ class HolsteinModel(keras.Model):
         self.integrator_input = integrator_input
         self.propagate_rho = bool(propagate_rho)
         self.split_steps = int(split_steps)
+        self.conserve_energy = bool(conserve_energy)
         self.coupling = None if coupling is None else float(coupling)
         self.time_step = None if time_step is None else float(time_step)
         self._compiled_rollouts = _FunctionCache()
@@ -474,18 +528,29 @@ class HolsteinModel(keras.Model):
         return tf.concat([tf.stack([tf.math.real(rho), tf.math.imag(rho)], axis=-1),
                           image[..., 2:]], axis=-1)
 
-    def _invariants(self, image: tf.Tensor) -> tf.Tensor | None:
-        """What `conserve` keeps fixed along a rollout: rho's spectrum at its start."""
-        return spectrum(image) if self.conserve else None
+    def _invariants(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """What the model keeps fixed along a rollout, at its start: rho's spectrum with
+        `conserve`, the total energy with `conserve_energy`."""
+        invariants = {}
+        if self.conserve:
+            invariants["spectrum"] = spectrum(image)
+        if self.conserve_energy:
+            state = decode(image)
+            invariants["energy"] = double_energy(state["rho"], state["Q"], state["P"],
+                                                 self.coupling)
+        return invariants
 
-    def _evolve(self, image: tf.Tensor, training: bool, invariants: tf.Tensor | None
+    def _evolve(self, image: tf.Tensor, training: bool, invariants: Mapping[str, tf.Tensor]
                 ) -> tuple[tf.Tensor, tf.Tensor | None]:
-        """`_advance`, then with `conserve` rho projected back onto the rollout's initial
-        spectrum (not the previous step's, so round-off in eigh cannot random-walk it)."""
+        """`_advance`, then rho projected back onto the rollout's initial spectrum and
+        energy (`_invariants`; not the previous step's, so round-off cannot random-walk
+        them)."""
         advance = self._symmetric_advance if len(self._group) > 1 else self._advance
         next_image, derivative = advance(image, training)
-        if invariants is not None:
-            next_image = with_spectrum(next_image, invariants)
+        if "spectrum" in invariants:
+            next_image = with_spectrum(next_image, invariants["spectrum"])
+        if "energy" in invariants:
+            next_image = with_energy(next_image, invariants["energy"], self.coupling)
         return next_image, derivative
 
     def _symmetric_advance(self, image: tf.Tensor, training: bool
@@ -610,7 +675,8 @@ class HolsteinModel(keras.Model):
                 "embedding": self.embedding,
                 "integrator_input": self.integrator_input, "propagate_rho": self.propagate_rho,
                 "coupling": self.coupling, "time_step": self.time_step,
-                "uniform_mode": self.uniform_mode, "split_steps": self.split_steps}
+                "uniform_mode": self.uniform_mode, "split_steps": self.split_steps,
+                "conserve_energy": self.conserve_energy}
 
 
 def _batch_major(array: tf.TensorArray) -> tf.Tensor:
@@ -679,7 +745,8 @@ def build_model(kind: str, preset: str, scales: Mapping[str, float],
     """`kind` ('cnn' or 'parc') with the sizes of `preset` ('tiny' or 'medium'), fields of
     `Architecture` (or `zero_init_output`, `precision`, `conserve`, `particle_hole`,
     `reflection`, `embedding`, `integrator_input`, `propagate_rho` or `split_steps` with
-    `coupling` and `time_step`, `uniform_mode` with `time_step`) overridable by keyword."""
+    `coupling` and `time_step`, `uniform_mode` with `time_step`, `conserve_energy` with
+    `coupling`) overridable by keyword."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODELS)}")
     if preset not in PRESETS:

@@ -105,7 +105,8 @@ class Trainer:
         keras.utils.set_random_seed(train.train_seed)
         with self.strategy.scope():
             options = dataclasses.asdict(config.model)
-            if options["propagate_rho"] or options["uniform_mode"] or options["split_steps"]:
+            if any(options[name] for name in ("propagate_rho", "uniform_mode", "split_steps",
+                                              "conserve_energy")):
                 options.update(coupling=self.meta["config"]["g_f"],
                                time_step=self.meta["time_step"])
             self.model = models.MODELS[options.pop("kind")](self.meta["scales"], **options)
