@@ -335,8 +335,10 @@ def with_energy(image: tf.Tensor, energy: tf.Tensor, coupling: float, iterations
             tf.cast(energy, norm.dtype))), error, 0.0)
         limit = 0.2 / tf.maximum(norm, 1e-12)
         e = tf.clip_by_value(-error / tf.maximum(norm * norm, 1e-24), -limit, limit)
-        # exp(e A) = exp(-i e B) with B = i A Hermitian.
-        generator, vectors = tf.linalg.eigh(1j * A)
+        # exp(e A) = exp(-i e B) with B = i A, Hermitian for Hermitian rho; its Hermitian
+        # part is taken so that eigh, which reads one triangle, sees the whole matrix.
+        B = 1j * A
+        generator, vectors = tf.linalg.eigh(0.5 * (B + tf.linalg.adjoint(B)))
         angles = -e[:, None] * tf.math.real(generator)
         phases = tf.exp(tf.complex(tf.zeros_like(angles), angles))
         U = tf.matmul(vectors * phases[..., None, :], vectors, adjoint_b=True)
