@@ -316,8 +316,9 @@ def with_energy(image: tf.Tensor, energy: tf.Tensor, coupling: float, iterations
     The exact flow conserves the energy; a learned step's small errors need not, and off the
     data they can heat the electrons until the charge order melts. Along A the energy changes
     fastest (dE/de = ||A||_F^2) while rho's spectrum stays, so this composes with
-    `with_spectrum`. Each Newton step turns rho by at most about 0.4 rad (|e| ||A||_F <= 0.2),
-    so a far-off state is corrected over a few steps rather than thrown. Errors within
+    `with_spectrum`. Each Newton step turns rho by at most 0.2 rad (|e| ||A||_F <= 0.2, and
+    the generator's eigenvalues are at most ||A||_F), so a far-off state is corrected over a
+    few steps rather than thrown. Errors within
     ENERGY_TOLERANCE of |energy| are left alone: near a stationary state ||A|| is small and a
     Newton step on rounding noise would turn rho far. The gradient is straight through, as
     `with_spectrum`'s.
