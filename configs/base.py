@@ -96,7 +96,7 @@ class ModelConfig:
     # PARC's integrator input: "derivative" (the paper's) or "state_and_derivative".
     integrator_input: str = "derivative"
     # Advance rho exactly under H(Q) with the lattice frozen over the step; the networks learn
-    # the rest (models.frozen_lattice_propagator; g and the time step come from the dataset).
+    # the rest (physics.frozen_lattice_propagator; g and the time step come from the dataset).
     propagate_rho: bool = False
     # Move the lattice's uniform mode (site means of Q and P), a free oscillator at half
     # filling, exactly instead of by the networks (models.with_uniform_mode).

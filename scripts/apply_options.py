@@ -8,9 +8,8 @@
 
 Options that add no weights (`particle_hole`, `reflection`, `uniform_mode` with `time_step`,
 `propagate_rho` with `coupling` and `time_step`, `conserve`, `conserve_energy` with
-`coupling`) change how a model steps, not
-what it learned: applying them to a model trained without them asks whether the option
-alone, post hoc, changes its rollouts. Values are JSON.
+`coupling`) change how a model steps, not what it learned: applying them to a model trained
+without them asks whether the option alone, post hoc, changes its rollouts. Values are JSON.
 """
 from __future__ import annotations
 

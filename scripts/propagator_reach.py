@@ -15,7 +15,7 @@ free propagator sets the reach.
 With `--data`, on every `--every`-th stored transition of a split, the one-step RMS error of
 rho's off-diagonal entries for three steps that need no network: the identity (rho kept),
 the free hopping alone, and the electrons' exact evolution with the lattice frozen at the
-step's start (`models.frozen_lattice_propagator`, what `--propagate_rho` leaves the
+step's start (`physics.frozen_lattice_propagator`, what `--propagate_rho` leaves the
 networks to learn).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_holstein import models, records
+from tf_holstein import physics, records
 from tf_holstein.configs import get_config
 
 
@@ -62,8 +62,8 @@ def one_step_rho_errors(dataset_dir: str, split: str, every: int) -> dict[str, f
     off = ~np.eye(L, dtype=bool)
 
     def error(coupling: float, lattice: np.ndarray) -> float:
-        U = models.frozen_lattice_propagator(lattice.reshape(-1, L).astype(np.float32),
-                                             coupling, meta["time_step"]).numpy()
+        U = physics.frozen_lattice_propagator(lattice.reshape(-1, L).astype(np.float32),
+                                              coupling, meta["time_step"]).numpy()
         U = U.reshape(*lattice.shape, L)
         predicted = U @ rho @ np.conj(np.swapaxes(U, -1, -2))
         return float(np.sqrt(np.mean(np.abs(predicted - target)[..., off] ** 2)))

@@ -145,13 +145,19 @@ def exact_model(meta: Mapping[str, Any]) -> LoadedModel:
     return LoadedModel(Path(EXACT), EXACT, exact_rollout, {}, None)
 
 
-def _parts(spec: str) -> int:
-    """N of a `split:N` model spec."""
+def physics_model(spec: str, meta: Mapping[str, Any]) -> LoadedModel | None:
+    """The model a `--model` spec names if it is physics rather than a file: `exact`
+    (`exact_model`) or `split:N` (`split_model`); None otherwise."""
+    if spec == EXACT:
+        return exact_model(meta)
+    if not spec.startswith(SPLIT):
+        return None
     try:
-        return int(spec[len(SPLIT):])
+        parts = int(spec[len(SPLIT):])
     except ValueError:
         raise ValueError(f"--model {spec}: expected {SPLIT}N with N a whole number of parts "
                          f"per step, e.g. {SPLIT}2") from None
+    return split_model(meta, parts)
 
 
 def split_model(meta: Mapping[str, Any], parts: int) -> LoadedModel:
@@ -405,15 +411,12 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     many of the exact simulator).
     """
     meta = _read_meta(data, split)
-    builtin = str(model) == EXACT or str(model).startswith(SPLIT)
+    loaded = physics_model(str(model), meta)
+    builtin = loaded is not None
     if not builtin:
         loaded = load_model(model)
     elif out_dir is None:
         raise ValueError(f"--model {model} has no directory to write into: pass --out")
-    elif str(model) == EXACT:
-        loaded = exact_model(meta)
-    else:
-        loaded = split_model(meta, _parts(str(model)))
     check_protocol(loaded.metadata, meta, allow_other_L)
     available = meta["splits"][split]["num_trajectories"]
     n_traj = available if n_traj is None else n_traj

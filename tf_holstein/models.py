@@ -149,20 +149,6 @@ def embed(image: tf.Tensor, embedding: str) -> tf.Tensor:
     return image
 
 
-def frozen_lattice_propagator(Q: tf.Tensor, coupling: float, time_step: float) -> tf.Tensor:
-    """exp(-i H(Q) time_step), complex64 [batch, L, L]: the electrons' exact evolution over a
-    step with the lattice held at Q (float32 [batch, L]).
-
-    H(Q) is real symmetric, so U = V exp(-i E dt) V^T from its eigenpairs. No gradient flows
-    through U: eigh's is singular at the degenerate levels of a uniform lattice, and the
-    networks, not the propagator, hold the trainable weights.
-    """
-    energies, vectors = tf.linalg.eigh(physics.hamiltonian(tf.stop_gradient(Q), coupling))
-    phases = tf.exp(tf.complex(tf.zeros_like(energies), -time_step * energies))
-    vectors = tf.cast(vectors, tf.complex64)
-    return tf.matmul(vectors * phases[..., None, :], vectors, adjoint_b=True)
-
-
 def _state_mask(image: tf.Tensor) -> tf.Tensor:
     """1 where `encode` puts state variables (all of rho, the diagonals of Q and P), else 0.
 
@@ -318,22 +304,21 @@ def with_energy(image: tf.Tensor, energy: tf.Tensor, coupling: float, iterations
     fastest (dE/de = ||A||_F^2) while rho's spectrum stays, so this composes with
     `with_spectrum`. Each Newton step turns rho by at most 0.2 rad (|e| ||A||_F <= 0.2, and
     the generator's eigenvalues are at most ||A||_F), so a far-off state is corrected over a
-    few steps rather than thrown. Errors within
-    ENERGY_TOLERANCE of |energy| are left alone: near a stationary state ||A|| is small and a
-    Newton step on rounding noise would turn rho far. The gradient is straight through, as
-    `with_spectrum`'s.
+    few steps rather than thrown. Errors within ENERGY_TOLERANCE of |energy| are left alone:
+    near a stationary state ||A|| is small and a Newton step on rounding noise would turn rho
+    far. The gradient is straight through, as `with_spectrum`'s.
     """
     rho = tf.stop_gradient(tf.complex(image[..., 0], image[..., 1]))
     Q = tf.stop_gradient(tf.linalg.diag_part(image[..., 2]))
     P = tf.stop_gradient(tf.linalg.diag_part(image[..., 3]))
     H = tf.cast(physics.hamiltonian(Q, coupling), rho.dtype)
+    tolerance = tf.cast(ENERGY_TOLERANCE * (1.0 + tf.abs(energy)), Q.dtype)
     target = rho
     for _ in range(iterations):
         A = tf.matmul(H, target) - tf.matmul(target, H)
         norm = tf.sqrt(tf.reduce_sum(tf.math.real(A * tf.math.conj(A)), axis=[-2, -1]))
         error = tf.cast(double_energy(target, Q, P, coupling) - energy, norm.dtype)
-        error = tf.where(tf.abs(error) > ENERGY_TOLERANCE * (1.0 + tf.abs(
-            tf.cast(energy, norm.dtype))), error, 0.0)
+        error = tf.where(tf.abs(error) > tolerance, error, 0.0)
         limit = 0.2 / tf.maximum(norm, 1e-12)
         e = tf.clip_by_value(-error / tf.maximum(norm * norm, 1e-24), -limit, limit)
         # exp(e A) = exp(-i e B) with B = i A, Hermitian for Hermitian rho; its Hermitian
@@ -440,28 +425,22 @@ class HolsteinModel(keras.Model):
         if integrator_input != "derivative" and not self.has_derivatives:
             raise ValueError(f"integrator_input={integrator_input!r} needs a PARC model; "
                              f"{type(self).__name__} has no integrator")
-        if propagate_rho and not (coupling is not None and time_step is not None
-                                  and math.isfinite(coupling) and time_step > 0):
-            raise ValueError(f"propagate_rho needs the protocol's coupling g (after the quench) "
-                             f"and time step (> 0); got coupling={coupling!r}, "
-                             f"time_step={time_step!r}")
-        if split_steps and (propagate_rho or not (coupling is not None
-                                                  and time_step is not None
-                                                  and math.isfinite(coupling)
-                                                  and time_step > 0)):
-            raise ValueError(f"split_steps needs the protocol's coupling g (after the quench) "
-                             f"and time step (> 0), and replaces propagate_rho; got "
-                             f"coupling={coupling!r}, time_step={time_step!r}, "
-                             f"propagate_rho={propagate_rho!r}")
         if split_steps < 0 or int(split_steps) != split_steps:
             raise ValueError(f"split_steps must be a whole number >= 0 (0: no split step), "
                              f"got {split_steps!r}")
-        if conserve_energy and not (coupling is not None and math.isfinite(coupling)):
-            raise ValueError(f"conserve_energy needs the protocol's coupling g (after the "
-                             f"quench); got coupling={coupling!r}")
-        if uniform_mode and not (time_step is not None and time_step > 0):
-            raise ValueError(f"uniform_mode needs the protocol's time step (> 0); got "
-                             f"time_step={time_step!r}")
+        if split_steps and propagate_rho:
+            raise ValueError("split_steps replaces propagate_rho: choose one")
+        # What each option needs of the protocol, and whether it was given.
+        known = {"coupling g (after the quench)": coupling is not None and math.isfinite(coupling),
+                 "time step (> 0)": time_step is not None and time_step > 0}
+        both = tuple(known)
+        for name, on, needs in (("propagate_rho", propagate_rho, both),
+                                ("split_steps", split_steps, both),
+                                ("conserve_energy", conserve_energy, both[:1]),
+                                ("uniform_mode", uniform_mode, both[1:])):
+            if on and not all(known[need] for need in needs):
+                raise ValueError(f"{name} needs the protocol's {' and '.join(needs)}; got "
+                                 f"coupling={coupling!r}, time_step={time_step!r}")
         self.scales = validate_scales(scales)
         self.architecture = Architecture(channels, n_blocks, dropout, kernel_size)
         self.zero_init_output = zero_init_output
@@ -516,7 +495,7 @@ class HolsteinModel(keras.Model):
     def _physics_step(self, image: tf.Tensor) -> tf.Tensor:
         """The image advanced by the model's built-in physics, which the networks correct:
         the split step (`split_steps`), rho -> U rho U^+ at frozen Q (`propagate_rho`,
-        `frozen_lattice_propagator`), or none."""
+        `physics.frozen_lattice_propagator`), or none."""
         if self.split_steps:
             state = decode(image)
             rho, Q, P = physics.split_step(state["rho"], state["Q"], state["P"], self.coupling,
@@ -524,8 +503,8 @@ class HolsteinModel(keras.Model):
             return encode({"rho": rho, "Q": Q, "P": P})
         if not self.propagate_rho:
             return image
-        U = frozen_lattice_propagator(tf.linalg.diag_part(image[..., 2]), self.coupling,
-                                      self.time_step)
+        U = physics.frozen_lattice_propagator(tf.linalg.diag_part(image[..., 2]),
+                                              self.coupling, self.time_step)
         rho = tf.matmul(tf.matmul(U, tf.complex(image[..., 0], image[..., 1])), U,
                         adjoint_b=True)
         return tf.concat([tf.stack([tf.math.real(rho), tf.math.imag(rho)], axis=-1),

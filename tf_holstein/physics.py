@@ -103,23 +103,38 @@ def lattice_rotation(Q: tf.Tensor, P: tf.Tensor, time: float) -> tuple[tf.Tensor
     return cos * Q + sin * P, cos * P - sin * Q
 
 
+def frozen_lattice_modes(Q: tf.Tensor, g: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The eigenpairs (energies [..., L], real vectors [..., L, L]) of H(Q), constants for
+    gradients: eigh's gradient is singular at the degenerate levels of a uniform lattice,
+    and what uses them (a model's physics step) holds no trainable weights."""
+    return tf.linalg.eigh(hamiltonian(tf.stop_gradient(Q), g))
+
+
+def frozen_lattice_propagator(Q: tf.Tensor, g: float, time: float) -> tf.Tensor:
+    """exp(-i H(Q) time), complex [..., L, L]: the electrons' exact evolution with the
+    lattice held at Q. H(Q) is real symmetric, so U = V exp(-i E time) V^T."""
+    energies, vectors = frozen_lattice_modes(Q, g)
+    phases = tf.exp(tf.complex(tf.zeros_like(energies), -time * energies))
+    vectors = tf.cast(vectors, phases.dtype)
+    return tf.matmul(vectors * phases[..., None, :], vectors, adjoint_b=True)
+
+
 def frozen_lattice_flow(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float, time: float
                         ) -> tuple[tf.Tensor, tf.Tensor]:
     """The exact flow over `time` of the electrons and of the force they exert, with the
-    lattice held at Q: rho -> U rho U^+ with U = exp(-i H(Q) time), and P gains
+    lattice held at Q: rho -> U rho U^+ (`frozen_lattice_propagator`), and P gains
     ETA g times the time integral of (Re rho_ii - 1/2). Returns (rho, P).
 
-    In the eigenbasis of H(Q) (energies E, real vectors V) rho_ab(s) = rho_ab exp(-i w_ab s)
-    with w_ab = E_a - E_b, so the integral of rho(s) over the interval is
-    time * V (rho_ab exp(-i w_ab time / 2) sinc(w_ab time / 2)) V^T. The eigenpairs are
-    constants for gradients: eigh's gradient is singular at the degenerate levels of a
-    uniform lattice.
+    In the eigenbasis of H(Q) (`frozen_lattice_modes`: energies E, real vectors V)
+    rho_ab(s) = rho_ab exp(-i w_ab s) with w_ab = E_a - E_b, so the integral of rho(s) over
+    the interval is time * V (rho_ab exp(-i w_ab time / 2) sinc(w_ab time / 2)) V^T.
     """
-    energies, vectors = tf.linalg.eigh(hamiltonian(tf.stop_gradient(Q), g))
+    energies, vectors = frozen_lattice_modes(Q, g)
     half = 0.5 * time * (energies[..., :, None] - energies[..., None, :])
+    sin = tf.sin(half)
     # sin(x) / x, with its limit 1 where x = 0 (every diagonal entry, degenerate levels).
-    sinc = tf.math.divide_no_nan(tf.sin(half), half) + tf.cast(tf.equal(half, 0.0), half.dtype)
-    phase = tf.complex(tf.cos(half), -tf.sin(half))  # exp(-i w time / 2)
+    sinc = tf.math.divide_no_nan(sin, half) + tf.cast(tf.equal(half, 0.0), half.dtype)
+    phase = tf.complex(tf.cos(half), -sin)  # exp(-i w time / 2)
     vectors = tf.cast(vectors, rho.dtype)
     eigen_rho = tf.matmul(vectors, tf.matmul(rho, vectors), adjoint_a=True)
 
