@@ -81,7 +81,7 @@ CASES: dict[str, Callable[[], Case]] = {
     "rollout_tiny_b1": lambda: Case("cnn", *TINY, "rollout", 1, 400),
     "rollout_tiny_b256": lambda: Case("cnn", *TINY, "rollout", 256, 20),
     "rollout_parc_b1": lambda: Case("parc", *MEDIUM, "rollout", 1, 10),
-    "train_deep_L32": lambda: deep_case("deep_L32"),
+    "train_deep_L32": lambda: deep_case("deep_L32_spec"),
     "train_deep_L32_cnn": lambda: deep_case("deep_L32_cnn"),
 }
 
