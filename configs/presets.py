@@ -53,10 +53,10 @@ DEEP_L32_TRAIN = replace(DEEP_L16_TRAIN, batch_size=32,
 # PARC correcting the split step (models.HolsteinModel's split_steps), averaged over the
 # chain's reflection, with the uniform mode of Q and P advanced exactly. Its best rollouts
 # came in the first two stages of DEEP_L32_TRAIN: the larger noise of the longer stages
-# destabilised it (docs/results-deep.md), so its curriculum stops there. Seed 2 is the
-# shipped model, the best of the three seeds the results page reports.
+# destabilised it (docs/results-deep.md), so its curriculum stops there. About half of its
+# runs reproduce the climate within 0.10: the results page has every run.
 DEEP_L32_PARC = replace(DEEP_L16_PARC, split_steps=2, reflection=True, uniform_mode=True)
-DEEP_L32_SPLIT_TRAIN = replace(DEEP_L32_TRAIN, stages=DEEP_L32_TRAIN.stages[:2], train_seed=2)
+DEEP_L32_SPLIT_TRAIN = replace(DEEP_L32_TRAIN, stages=DEEP_L32_TRAIN.stages[:2])
 
 PRESETS: dict[str, Config] = {
     "shallow": Config("shallow", SHALLOW, TINY_CNN, SHALLOW_CPU),

@@ -23,6 +23,15 @@ def kernel_tolerance(scale: float, steps: int = 1) -> float:
     return KERNEL_ULPS * EPS32 * scale * steps
 
 
+def eigh_tolerance(L: int, h_norm: float, duration: float) -> float:
+    """The largest change of a state propagated for `duration` through eigendecompositions of
+    an L x L Hermitian H (exp(-i H h) from eigh, as a split step does) when another kernel
+    computes them. A backward-stable eigensolver is exact for some H + E with
+    ||E|| <= O(L) EPS32 ||H||; two solvers' eigenvalues may thus differ by ~L EPS32 ||H||,
+    a phase error that grows linearly over the propagated time."""
+    return L * EPS32 * h_norm * duration
+
+
 def sum_tolerance(n_terms: int, scale: float) -> float:
     """The largest change of a float32 sum or mean of `n_terms` values of magnitude <= scale
     (an order parameter, say) when evaluated in another order: each addition rounds once."""
