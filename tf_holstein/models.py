@@ -431,13 +431,13 @@ class HolsteinModel(keras.Model):
         if split_steps and propagate_rho:
             raise ValueError("split_steps replaces propagate_rho: choose one")
         # What each option needs of the protocol, and whether it was given.
-        known = {"coupling g (after the quench)": coupling is not None and math.isfinite(coupling),
-                 "time step (> 0)": time_step is not None and time_step > 0}
-        both = tuple(known)
-        for name, on, needs in (("propagate_rho", propagate_rho, both),
-                                ("split_steps", split_steps, both),
-                                ("conserve_energy", conserve_energy, both[:1]),
-                                ("uniform_mode", uniform_mode, both[1:])):
+        g, dt = "coupling g (after the quench)", "time step (> 0)"
+        known = {g: coupling is not None and math.isfinite(coupling),
+                 dt: time_step is not None and time_step > 0}
+        for name, on, needs in (("propagate_rho", propagate_rho, (g, dt)),
+                                ("split_steps", split_steps, (g, dt)),
+                                ("conserve_energy", conserve_energy, (g,)),
+                                ("uniform_mode", uniform_mode, (dt,))):
             if on and not all(known[need] for need in needs):
                 raise ValueError(f"{name} needs the protocol's {' and '.join(needs)}; got "
                                  f"coupling={coupling!r}, time_step={time_step!r}")

@@ -141,10 +141,11 @@ def frozen_lattice_flow(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float, ti
     def from_eigenbasis(m: tf.Tensor) -> tf.Tensor:
         return tf.matmul(tf.matmul(vectors, m), vectors, adjoint_b=True)
 
+    halfway = eigen_rho * phase  # rho's eigenbasis entries turned over half the interval
     # diag(V m V^T)_i = sum_b (V m)_ib V_ib
     mean_density = tf.math.real(tf.reduce_sum(
-        tf.matmul(vectors, eigen_rho * phase * tf.cast(sinc, rho.dtype)) * vectors, axis=-1))
-    return from_eigenbasis(eigen_rho * phase * phase), P + ETA * g * time * (mean_density - 0.5)
+        tf.matmul(vectors, halfway * tf.cast(sinc, rho.dtype)) * vectors, axis=-1))
+    return from_eigenbasis(halfway * phase), P + ETA * g * time * (mean_density - 0.5)
 
 
 def split_step(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor, g: float, time_step: float,
