@@ -338,6 +338,25 @@ def test_warm_start_copies_a_finished_runs_weights(smoke_run, data_dir, tmp_path
                       tmp_path / "wider")
 
 
+def test_the_starting_model_competes_for_best(smoke_run, data_dir, tmp_path):
+    """A warm start that training only spoils stays the best model: the run validates where
+    it starts (step 0) before its first optimizer step."""
+    start = smoke_run[0] / "best.weights.h5"
+    dataset = data_dir / SMOKE.data.dataset_name
+    config = get_config("smoke", init_from=str(start), lr=1.0, warmup_steps=0,
+                        stages="1:1:0.02:4")
+    train.Trainer(config, dataset, tmp_path).fit(progress=False)
+    assert [step for step, _ in scalar_events(tmp_path)["val_rollout/score"]] == [0, 4]
+    chosen = json.loads((tmp_path / "best.json").read_text())
+    assert (chosen["step"], chosen["epoch"]) == (0, 0)
+    kept = train.Trainer(SMOKE, dataset, tmp_path / "kept").model
+    kept.load_weights(str(tmp_path / "best.weights.h5"))
+    source = train.Trainer(SMOKE, dataset, tmp_path / "source").model
+    source.load_weights(str(start))
+    for a, b in zip(kept.trainable_variables, source.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_autocorrelation_selection_metric(smoke_run, data_dir, tmp_path):
     """Zero for rollouts that reproduce the truth, infinite for diverged ones."""
     trainer = train.Trainer(get_config("smoke", select_by="autocorrelation"),

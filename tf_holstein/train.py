@@ -308,6 +308,11 @@ class Trainer:
                    disable=not (progress and self.is_chief), unit=" steps", dynamic_ncols=True)
         final: dict[str, Any] = {}
         start_epoch = int(self.epoch.numpy())
+        if start_epoch == 0 and train.select_by != "loss":
+            # The starting model competes for best too (a split step, a warm start): the run
+            # then never keeps a model whose rollouts are worse than where it began. Losses
+            # are compared within the latest stage only, so they skip this.
+            self.validate(self.epochs[0][1], writer)
         for epoch in range(start_epoch, len(self.epochs)):
             stage_index, stage = self.epochs[epoch]
             bar.set_description(f"stage {stage_index + 1}/{len(train.stages)} "
@@ -360,7 +365,8 @@ class Trainer:
                     records.write_atomically(self.workdir / "best.weights.h5",
                                              self.model.save_weights, ".tmp.weights.h5")
                     records.write_json(self.workdir / "best.json",
-                                       {"step": step, "epoch": int(self.epoch.numpy()) + 1,
+                                       {"step": step,
+                                        "epoch": int(self.epoch.numpy()) + 1 if step else 0,
                                         key: scores[key], **scores})
         scores["best"] = float(self.best.numpy())
         _write_scalars(writer, scores, step)
