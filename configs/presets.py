@@ -56,9 +56,9 @@ DEEP_L32_TRAIN = replace(DEEP_L16_TRAIN, batch_size=32,
 # destabilised it (docs/results-deep.md), so its curriculum stops there.
 DEEP_L32_PARC = replace(DEEP_L16_PARC, split_steps=2, reflection=True, uniform_mode=True)
 # Its climate moves by more between checkpoints 500 steps apart than 32 validation
-# trajectories can resolve (their sampling floor is about 0.09, the criterion 0.10): it
-# validates every 250 steps on 128 trajectories (floor about 0.05), the split step it
-# starts from included.
+# trajectories can resolve (their sampling floor is 0.084, the criterion 0.10): it
+# validates every 250 steps on 128 trajectories (floor 0.046), the split step it starts
+# from included.
 DEEP_L32_SELECT = replace(DEEP_L32, name="deep_L32_val128", n_val=128)
 DEEP_L32_SPLIT_TRAIN = replace(DEEP_L32_TRAIN, stages=tuple(
     replace(stage, epochs=stage.epochs * 2, batches_per_epoch=stage.batches_per_epoch // 2)

@@ -338,13 +338,15 @@ def test_warm_start_copies_a_finished_runs_weights(smoke_run, data_dir, tmp_path
                       tmp_path / "wider")
 
 
-def test_the_starting_model_competes_for_best(smoke_run, data_dir, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_the_starting_model_competes_for_best(smoke_run, data_dir, tmp_path, ema):
     """A warm start that training only spoils stays the best model: the run validates where
-    it starts (step 0) before its first optimizer step."""
+    it starts (step 0) before its first optimizer step, with weight averaging the weights
+    themselves (Keras' averages start at zero)."""
     start = smoke_run[0] / "best.weights.h5"
     dataset = data_dir / SMOKE.data.dataset_name
     config = get_config("smoke", init_from=str(start), lr=1.0, warmup_steps=0,
-                        stages="1:1:0.02:4")
+                        stages="1:1:0.02:4", ema=ema)
     train.Trainer(config, dataset, tmp_path).fit(progress=False)
     assert [step for step, _ in scalar_events(tmp_path)["val_rollout/score"]] == [0, 4]
     chosen = json.loads((tmp_path / "best.json").read_text())

@@ -148,8 +148,9 @@ class Trainer:
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
         """With `ema` set: the model holds the moving average of its weights inside the
-        block and its trained weights again after it; otherwise a no-op."""
-        if not self.optimizer.use_ema:
+        block and its trained weights again after it; otherwise, and before the first step
+        (when Keras' averages are still zero, not the weights), a no-op."""
+        if not self.optimizer.use_ema or not int(self.optimizer.iterations.numpy()):
             yield
             return
         variables = self.model.trainable_variables
