@@ -313,7 +313,7 @@ class Trainer:
             # The starting model competes for best too (a split step, a warm start): the run
             # then never keeps a model whose rollouts are worse than where it began. Losses
             # are compared within the latest stage only, so they skip this.
-            self.validate(self.epochs[0][1], writer)
+            self.validate(self.epochs[0][1], writer, epochs_trained=0)
         for epoch in range(start_epoch, len(self.epochs)):
             stage_index, stage = self.epochs[epoch]
             bar.set_description(f"stage {stage_index + 1}/{len(train.stages)} "
@@ -339,7 +339,7 @@ class Trainer:
                 # Losses over different n_step are not comparable: keep the best of the
                 # latest stage reached.
                 self.best.assign(math.inf)
-            final = {**values, **self.validate(stage, writer)}
+            final = {**values, **self.validate(stage, writer, epochs_trained=epoch + 1)}
             self.epoch.assign(epoch + 1)
             self.manager.save(checkpoint_number=epoch + 1)
             if self.is_chief:  # one line per epoch for logs of unattended runs
@@ -351,9 +351,10 @@ class Trainer:
         writer.flush()
         return final
 
-    def validate(self, stage: Stage, writer: tf.summary.SummaryWriter) -> dict[str, float]:
-        """Validation loss and rollout metric (of the averaged weights with `ema` set); saves
-        the best model so far."""
+    def validate(self, stage: Stage, writer: tf.summary.SummaryWriter, epochs_trained: int
+                 ) -> dict[str, float]:
+        """Validation loss and rollout metric (of the averaged weights with `ema` set) of the
+        model after `epochs_trained` epochs; saves the best model so far."""
         step = int(self.optimizer.iterations.numpy())
         with self.averaged_weights():
             scores = self.eval_losses(stage.n_step, self.config.train.val_batches)
@@ -366,8 +367,7 @@ class Trainer:
                     records.write_atomically(self.workdir / "best.weights.h5",
                                              self.model.save_weights, ".tmp.weights.h5")
                     records.write_json(self.workdir / "best.json",
-                                       {"step": step,
-                                        "epoch": int(self.epoch.numpy()) + 1 if step else 0,
+                                       {"step": step, "epoch": epochs_trained,
                                         key: scores[key], **scores})
         scores["best"] = float(self.best.numpy())
         _write_scalars(writer, scores, step)
