@@ -111,6 +111,38 @@ def test_channel_layer_norm_and_its_gradient_match_keras_layer_norm():
         np.testing.assert_allclose(ours_value, theirs_value, atol=5e-6)
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_fused_activation_and_its_gradient_match_autodiff_of_its_formula(keep):
+    """LN, tanh, dropout mask and wrap in one fusion, with the hand-written backward: the
+    same values and gradients as TensorFlow's autodiff of the plain formula, whether the
+    forward kept what the gradient needs (training) or the gradient recomputes it."""
+    rng = np.random.default_rng(6)
+    x = tf.constant(2 * rng.normal(size=(3, 5, 6, 8)) + 0.5, tf.float32)
+    mask = tf.constant(rng.choice([0.0, 2.0], size=(3, 1, 1, 8)), tf.float32)
+    weights = tf.constant(rng.normal(size=(3, 7, 8, 8)), tf.float32)
+    norm = layers.ChannelLayerNorm()
+    norm.build(x.shape)
+    norm.gamma.assign(np.linspace(0.5, 2, 8))
+    norm.beta.assign(np.linspace(-1, 1, 8))
+
+    def formula(x):
+        mean, var = tf.nn.moments(x, [-1], keepdims=True)
+        y = tf.tanh((x - mean) * tf.math.rsqrt(var + 1e-5) * norm.gamma + norm.beta) * mask
+        rows, cols = (np.arange(-1, n + 1) % n for n in (5, 6))
+        return tf.gather(tf.gather(y, rows, axis=1), cols, axis=2)
+
+    results = []
+    for activation in (lambda x: norm.activation(x, 1, tf.float32, mask, keep), formula):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = activation(x)
+            loss = tf.reduce_sum(y * weights)
+        results.append([y] + tape.gradient(loss, [x, norm.gamma, norm.beta]))
+    for ours, theirs in zip(*results):
+        # float32 rounding of a few operations per term, relative to the largest value
+        np.testing.assert_allclose(ours, theirs, atol=1e-5 * np.abs(theirs).max())
+
+
 def test_circular_conv_rejects_even_kernels_and_unknown_precisions():
     with pytest.raises(ValueError, match="odd"):
         layers.CircularConv2D(4, 2)

@@ -40,11 +40,12 @@ def convolution_dtype(precision: str) -> tf.DType:
 
 
 # The elementwise work around the convolutions (layer norm, tanh, dropout mask, circular
-# pad, casts) runs forward as one XLA-compiled function: TensorFlow's own kernels made each
-# of these a full memory pass (broadcasts over the channel axis at a fraction of memory
-# speed). The backward pass stays on TensorFlow's kernels, written by hand: XLA's CPU code
-# for it measured 1.5x (16 channels) to 9x (128 channels) slower. The convolutions stay on
-# TensorFlow's oneDNN kernels, far faster than XLA's on CPUs.
+# pad, casts) runs as one XLA-compiled function forward and one backward: TensorFlow's own
+# kernels made each of these a full memory pass (broadcasts over the channel axis at a
+# fraction of memory speed). Only the gradients of gamma and beta, sums over all pixels,
+# stay on TensorFlow's kernels: XLA's CPU code for those column sums measured 1.3x (16
+# channels) to 4.6x (128 channels) slower. The convolutions stay on TensorFlow's oneDNN
+# kernels, far faster than XLA's on CPUs.
 
 
 def circular_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
@@ -54,34 +55,38 @@ def circular_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
 
 def _activation(x: tf.Tensor, gamma: tf.Tensor | None, beta: tf.Tensor | None,
                 mask: tf.Tensor | None, epsilon: float, pad: int, dtype: tf.DType,
-                tanh: bool) -> tf.Tensor:
+                tanh: bool, keep: bool = True) -> tf.Tensor:
     """wrap(cast(mask * f(x))) with f = tanh(LN(x)), LN(x) or the identity (gamma None or
-    not; `tanh`); the `mask` (not differentiated) and the wrap by `pad` optional."""
+    not; `tanh`); the `mask` (not differentiated) and the wrap by `pad` optional.
+
+    With `keep` the forward pass also stores what the gradient needs (tanh's output, the
+    normalised x, 1 / std); without it (inference) it writes only the output, and a gradient,
+    if one is asked for after all, recomputes them.
+    """
     norm = gamma is not None
+    if not (norm or tanh or pad or mask is not None):
+        return tf.cast(x, dtype)  # a 1 x 1 convolution's input: only the cast, if any
     if not norm:
         gamma = beta = tf.zeros([0], x.dtype)  # unused
+    keep = keep or not (norm or tanh)  # nothing to recompute: the gradient needs no values
+
+    def forward(keep: bool) -> tuple[tf.Tensor, ...]:
+        return _activation_forward(x, gamma, beta, mask, epsilon, pad, dtype, tanh, norm, keep)
 
     @tf.custom_gradient
     def fused(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor
               ) -> tuple[tf.Tensor, Callable[[tf.Tensor], tuple[tf.Tensor, ...]]]:
-        y, activated, x_hat, inv_std = _activation_forward(x, gamma, beta, mask, epsilon, pad,
-                                                           dtype, tanh, norm)
+        y, *saved = forward(keep)
 
         def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            if pad:  # the wrap's adjoint: the halo added back onto the edges it copies
-                dy = _unwrap(dy, pad)
-            dy = tf.cast(dy, x.dtype)
-            if mask is not None:
-                dy = dy * mask
-            if tanh:
-                dy = tf.raw_ops.TanhGrad(y=activated, dy=dy)
+            activated, x_hat, inv_std = saved if keep else forward(True)[1:]
+            dx, d_normed = _activation_backward(dy, activated, x_hat, inv_std, gamma, mask,
+                                                pad, x.dtype, tanh, norm)
             if not norm:
-                return dy, gamma, beta
+                return dx, gamma, beta
             pixels = tf.range(tf.rank(dy) - 1)
-            g = dy * gamma
-            dx = inv_std * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
-                            - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
-            return dx, tf.reduce_sum(dy * x_hat, axis=pixels), tf.reduce_sum(dy, axis=pixels)
+            return (dx, tf.reduce_sum(d_normed * x_hat, axis=pixels),
+                    tf.reduce_sum(d_normed, axis=pixels))
 
         return y, grad
 
@@ -91,8 +96,8 @@ def _activation(x: tf.Tensor, gamma: tf.Tensor | None, beta: tf.Tensor | None,
 @tf.function(jit_compile=True)
 def _activation_forward(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
                         mask: tf.Tensor | None, epsilon: float, pad: int, dtype: tf.DType,
-                        tanh: bool, norm: bool) -> tuple[tf.Tensor, ...]:
-    """(the output, tanh's output, the normalised x, 1 / std): the last three for the
+                        tanh: bool, norm: bool, keep: bool) -> tuple[tf.Tensor, ...]:
+    """(the output,) and with `keep` also (tanh's output, the normalised x, 1 / std) for the
     gradient (scalars where unused)."""
     unused = tf.zeros([], x.dtype)
     y, x_hat, inv_std = x, unused, unused
@@ -111,14 +116,29 @@ def _activation_forward(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
     for axis in (1, 2):
         y = tf.concat([_take(y, -pad, None, axis), y, _take(y, None, pad, axis)], axis=axis) \
             if pad else y
-    return y, activated, x_hat, inv_std
+    return (y, activated, x_hat, inv_std) if keep else (y,)
 
 
 @tf.function(jit_compile=True)
-def _unwrap(grad: tf.Tensor, pad: int) -> tf.Tensor:
-    """Adjoint of the wrap by `pad` along both spatial axes, as one XLA pass: TensorFlow's
-    kernels made its slices and sums ten memory passes (58% more CPU time per fold)."""
-    return _fold_halo(_fold_halo(grad, pad, axis=1), pad, axis=2)
+def _activation_backward(dy: tf.Tensor, activated: tf.Tensor, x_hat: tf.Tensor,
+                         inv_std: tf.Tensor, gamma: tf.Tensor, mask: tf.Tensor | None,
+                         pad: int, dtype: tf.DType, tanh: bool, norm: bool
+                         ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(the gradient at x, the gradient at the layer norm's output before gamma) from the
+    gradient `dy` at the wrapped output, in one pass."""
+    if pad:  # the wrap's adjoint: the halo added back onto the edges it copies
+        dy = _fold_halo(_fold_halo(dy, pad, axis=1), pad, axis=2)
+    dy = tf.cast(dy, dtype)
+    if mask is not None:
+        dy = dy * mask
+    if tanh:
+        dy = tf.raw_ops.TanhGrad(y=activated, dy=dy)
+    if not norm:
+        return dy, dy
+    g = dy * gamma
+    dx = inv_std * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
+                    - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
+    return dx, dy
 
 
 def _fold_halo(grad: tf.Tensor, pad: int, axis: int) -> tf.Tensor:
@@ -204,10 +224,11 @@ class ChannelLayerNorm(keras.layers.Layer):
         return _activation(x, *self._weights(), None, self.epsilon, 0, x.dtype, False)
 
     def activation(self, x: tf.Tensor, pad: int, dtype: tf.DType,
-                   mask: tf.Tensor | None = None) -> tf.Tensor:
+                   mask: tf.Tensor | None = None, keep: bool = True) -> tf.Tensor:
         """tanh of the normalised `x`, times a dropout `mask` if given, wrapped by `pad` and
-        cast to `dtype`: the input of a `CircularConv2D.convolve_wrapped`, in one fusion."""
-        return _activation(x, *self._weights(), mask, self.epsilon, pad, dtype, True)
+        cast to `dtype`: the input of a `CircularConv2D.convolve_wrapped`, in one fusion.
+        Without `keep` (inference) nothing is stored for a gradient (see `_activation`)."""
+        return _activation(x, *self._weights(), mask, self.epsilon, pad, dtype, True, keep)
 
     def _weights(self) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)
@@ -248,14 +269,14 @@ class ResidualBlock(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        pad, dtype = self.kernel_size // 2, self.conv1._convolution_dtype
-        h = self.conv1.convolve_wrapped(self.ln1.activation(x, pad, dtype))
+        pad, dtype, keep = self.kernel_size // 2, self.conv1._convolution_dtype, bool(training)
+        h = self.conv1.convolve_wrapped(self.ln1.activation(x, pad, dtype, keep=keep))
         mask = None
         if training and self.dropout_rate > 0:
             # The dropout of a ones image [batch, 1, 1, C]: the mask SpatialDropout2D
             # multiplies by, applied inside the fusion.
             mask = self.dropout(tf.ones([tf.shape(x)[0], 1, 1, self.channels]), training=True)
-        return x + self.conv2.convolve_wrapped(self.ln2.activation(h, pad, dtype, mask))
+        return x + self.conv2.convolve_wrapped(self.ln2.activation(h, pad, dtype, mask, keep))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape
