@@ -113,9 +113,15 @@ def _activation_forward(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
     if mask is not None:
         y = y * mask
     y = tf.cast(y, dtype)
+    # XLA fuses a gather into the rest unless the function also returns values for the
+    # gradient; then a concatenation measured faster (2.5 against 3.1 ms at [64, 32, 32, 16]).
+    returns_saved = keep and (norm or tanh)
     for axis in (1, 2):
-        y = tf.concat([_take(y, -pad, None, axis), y, _take(y, None, pad, axis)], axis=axis) \
-            if pad else y
+        if pad and returns_saved:
+            y = tf.concat([_take(y, -pad, None, axis), y, _take(y, None, pad, axis)], axis=axis)
+        elif pad:
+            n = tf.shape(y)[axis]
+            y = tf.gather(y, tf.math.floormod(tf.range(-pad, n + pad), n), axis=axis)
     return (y, activated, x_hat, inv_std) if keep else (y,)
 
 
