@@ -111,19 +111,20 @@ def test_channel_layer_norm_and_its_gradient_match_keras_layer_norm():
         np.testing.assert_allclose(ours_value, theirs_value, atol=5e-6)
 
 
+@pytest.mark.parametrize("channels", [8, 64])  # channel means as reductions, as products
 @pytest.mark.parametrize("keep", [True, False])
-def test_fused_activation_and_its_gradient_match_autodiff_of_its_formula(keep):
+def test_fused_activation_and_its_gradient_match_autodiff_of_its_formula(keep, channels):
     """LN, tanh, dropout mask and wrap in one fusion, with the hand-written backward: the
     same values and gradients as TensorFlow's autodiff of the plain formula, whether the
     forward kept what the gradient needs (training) or the gradient recomputes it."""
     rng = np.random.default_rng(6)
-    x = tf.constant(2 * rng.normal(size=(3, 5, 6, 8)) + 0.5, tf.float32)
-    mask = tf.constant(rng.choice([0.0, 2.0], size=(3, 1, 1, 8)), tf.float32)
-    weights = tf.constant(rng.normal(size=(3, 7, 8, 8)), tf.float32)
+    x = tf.constant(2 * rng.normal(size=(3, 5, 6, channels)) + 0.5, tf.float32)
+    mask = tf.constant(rng.choice([0.0, 2.0], size=(3, 1, 1, channels)), tf.float32)
+    weights = tf.constant(rng.normal(size=(3, 7, 8, channels)), tf.float32)
     norm = layers.ChannelLayerNorm()
     norm.build(x.shape)
-    norm.gamma.assign(np.linspace(0.5, 2, 8))
-    norm.beta.assign(np.linspace(-1, 1, 8))
+    norm.gamma.assign(np.linspace(0.5, 2, channels))
+    norm.beta.assign(np.linspace(-1, 1, channels))
 
     def formula(x):
         mean, var = tf.nn.moments(x, [-1], keepdims=True)

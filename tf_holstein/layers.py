@@ -80,13 +80,13 @@ def _activation(x: tf.Tensor, gamma: tf.Tensor | None, beta: tf.Tensor | None,
 
         def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             activated, x_hat, inv_std = saved if keep else forward(True)[1:]
-            dx, d_normed = _activation_backward(dy, activated, x_hat, inv_std, gamma, mask,
-                                                pad, x.dtype, tanh, norm)
+            dx, *per_pixel = _activation_backward(dy, activated, x_hat, inv_std, gamma, mask,
+                                                  pad, x.dtype, tanh, norm)
             if not norm:
                 return dx, gamma, beta
+            d_beta, d_gamma = per_pixel
             pixels = tf.range(tf.rank(dy) - 1)
-            return (dx, tf.reduce_sum(d_normed * x_hat, axis=pixels),
-                    tf.reduce_sum(d_normed, axis=pixels))
+            return (dx, tf.reduce_sum(d_gamma, axis=pixels), tf.reduce_sum(d_beta, axis=pixels))
 
         return y, grad
 
@@ -102,9 +102,8 @@ def _activation_forward(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
     unused = tf.zeros([], x.dtype)
     y, x_hat, inv_std = x, unused, unused
     if norm:
-        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
-        inv_std = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
-                                + epsilon)
+        centred = x - _channel_mean(x)
+        inv_std = tf.math.rsqrt(_channel_mean(tf.square(centred)) + epsilon)
         x_hat = centred * inv_std
         y = x_hat * gamma + beta
     activated = unused
@@ -129,9 +128,9 @@ def _activation_forward(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
 def _activation_backward(dy: tf.Tensor, activated: tf.Tensor, x_hat: tf.Tensor,
                          inv_std: tf.Tensor, gamma: tf.Tensor, mask: tf.Tensor | None,
                          pad: int, dtype: tf.DType, tanh: bool, norm: bool
-                         ) -> tuple[tf.Tensor, tf.Tensor]:
-    """(the gradient at x, the gradient at the layer norm's output before gamma) from the
-    gradient `dy` at the wrapped output, in one pass."""
+                         ) -> tuple[tf.Tensor, ...]:
+    """(the gradient at x,) and with `norm` per pixel those of beta and gamma, for TensorFlow
+    to sum, from the gradient `dy` at the wrapped output, in one pass."""
     if pad:  # the wrap's adjoint: the halo added back onto the edges it copies
         dy = _fold_halo(_fold_halo(dy, pad, axis=1), pad, axis=2)
     dy = tf.cast(dy, dtype)
@@ -140,11 +139,21 @@ def _activation_backward(dy: tf.Tensor, activated: tf.Tensor, x_hat: tf.Tensor,
     if tanh:
         dy = tf.raw_ops.TanhGrad(y=activated, dy=dy)
     if not norm:
-        return dy, dy
+        return (dy,)
     g = dy * gamma
-    dx = inv_std * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
-                    - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
-    return dx, dy
+    dx = inv_std * (g - _channel_mean(g) - x_hat * _channel_mean(g * x_hat))
+    return dx, dy, dy * x_hat
+
+
+def _channel_mean(x: tf.Tensor) -> tf.Tensor:
+    """The mean over the last axis, kept. XLA's CPU code splits reductions of more than 32
+    elements into partial sums with a pass of their own; from 64 channels on a product
+    with a vector of 1 / C is faster (1.5 against 2.1 ms for the backward at
+    [8, 32, 32, 128]), below it the reduction (2.0 against 2.1 ms at [64, 32, 32, 16])."""
+    channels = x.shape[-1]
+    if channels is None or channels < 64:
+        return tf.reduce_mean(x, axis=-1, keepdims=True)
+    return tf.linalg.matvec(x, tf.fill([channels], tf.cast(1 / channels, x.dtype)))[..., None]
 
 
 def _fold_halo(grad: tf.Tensor, pad: int, axis: int) -> tf.Tensor:
