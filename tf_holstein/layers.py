@@ -42,10 +42,9 @@ def convolution_dtype(precision: str) -> tf.DType:
 # The elementwise work around the convolutions (layer norm, tanh, dropout mask, circular
 # pad, casts) runs as one XLA-compiled function forward and one backward: TensorFlow's own
 # kernels made each of these a full memory pass (broadcasts over the channel axis at a
-# fraction of memory speed). Only the gradients of gamma and beta, sums over all pixels,
-# stay on TensorFlow's kernels: XLA's CPU code for those column sums measured 1.3x (16
-# channels) to 4.6x (128 channels) slower. The convolutions stay on TensorFlow's oneDNN
-# kernels, far faster than XLA's on CPUs.
+# fraction of memory speed). The backward also sums gamma's and beta's gradients over the
+# batch; TensorFlow sums the rest over the pixels, where XLA's CPU code is slow. The
+# convolutions stay on TensorFlow's oneDNN kernels, far faster than XLA's on CPUs.
 
 
 def circular_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
