@@ -290,6 +290,38 @@ def test_rollout_equals_repeated_steps(kind, jit_compile):
     np.testing.assert_allclose(order["Delta_Q"], expected[1], atol=kernel_tolerance(1.0, 4))
 
 
+def _while_loops(function, *args) -> int:
+    """The while loops of a traced function, also those inside its conds' branches."""
+    graph = function.get_concrete_function(*args).graph.as_graph_def()
+    nodes = [*graph.node, *(node for f in graph.library.function for node in f.node_def)]
+    return sum(node.op in ("While", "StatelessWhile") for node in nodes)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "parc"])
+def test_large_batches_roll_out_as_chains_that_keep_each_trajectory_in_place(kind):
+    """A batch of CHAIN_MIN_BATCH or more runs as independent loops over slices of it; each
+    trajectory's rollout must be its own, wherever its slice falls, also in a serving graph
+    whose batch is known only at run time."""
+    model = small_model(kind)
+    batch = 3 * models.CHAIN_BATCH  # three chains
+    state = {key: tf.constant(value) for key, value in random_state(batch, 8).items()}
+    rolled = model.rollout(state, 3)
+    for start in range(0, batch, 8):  # slices below CHAIN_MIN_BATCH: one loop each
+        alone = model.rollout({key: value[start:start + 8] for key, value in state.items()}, 3)
+        assert_states_close({key: value[start:start + 8] for key, value in rolled.items()},
+                            alone, atol=kernel_tolerance(1.0, 3))
+    serve = tf.function(lambda state: model.rollout(state, 3), input_signature=[
+        {key: tf.TensorSpec([None, *value.shape[1:]], value.dtype)
+         for key, value in state.items()}])
+    small = {key: value[:models.CHAIN_MIN_BATCH - 1] for key, value in state.items()}
+    for served, expected in ((serve(state), rolled), (serve(small), model.rollout(small, 3))):
+        assert_states_close(served, expected, atol=kernel_tolerance(1.0, 3))
+    static = tf.function(lambda state: model.rollout(state, 3))
+    assert _while_loops(static, state) == 3
+    assert _while_loops(static, small) == 1
+    assert _while_loops(serve) == 1 + 2  # a chain below CHAIN_MIN_BATCH, two from it on
+
+
 def test_rollout_takes_a_tensor_step_count_inside_a_function():
     """A serving signature feeds n_steps as an input: one graph for every count."""
     model = small_model("cnn")
