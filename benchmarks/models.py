@@ -54,6 +54,7 @@ class Case:
     steps: int  # n_step of a training window, or the steps of one rollout
     precision: str = "float32"
     conserve: bool = False
+    chains: int = 1  # training's rollout loops side by side (ours only; TrainConfig.chains)
 
     @property
     def unit(self) -> str:
@@ -70,9 +71,9 @@ def deep_case(config: str) -> Case:
     """Training of a deep-quench config's model at its batch size and n_step 8."""
     from tf_holstein.configs import PRESETS
 
-    model, batch = PRESETS[config].model, PRESETS[config].train.batch_size
-    return Case(model.kind, model.channels, model.n_blocks, model.dropout, "train", batch, 8,
-                model.precision, model.conserve)
+    model, train = PRESETS[config].model, PRESETS[config].train
+    return Case(model.kind, model.channels, model.n_blocks, model.dropout, "train",
+                train.batch_size, 8, model.precision, model.conserve, train.chains)
 
 
 TINY, MEDIUM = (16, 1, 0.2), (128, 4, 0.2)
@@ -124,11 +125,11 @@ def ours(case: Case) -> Callable[[], object]:
         with tf.GradientTape() as tape:
             if model.has_derivatives:
                 states, derivatives = model.rollout(inputs, case.steps, training=True,
-                                                    return_derivatives=True)
+                                                    return_derivatives=True, chains=case.chains)
                 loss = losses.total_loss(losses.component_losses(states, labels)) \
                     + losses.total_loss(losses.component_losses(derivatives, mid))
             else:
-                states = model.rollout(inputs, case.steps, training=True)
+                states = model.rollout(inputs, case.steps, training=True, chains=case.chains)
                 loss = losses.total_loss(losses.component_losses(states, labels))
         grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), 1.0)
         optimizer.apply(grads, variables)

@@ -194,6 +194,10 @@ class TrainConfig:
     # the optimizer's step-to-step noise out of long-rollout behaviour such as oscillation
     # periods.
     ema: float = 0.0
+    # Independent rollout loops per replica's batch in training, run side by side on a CPU's
+    # cores (`HolsteinModel.rollout`'s `chains`); on GPUs, where they would only shrink the
+    # kernels, the trainer runs one.
+    chains: int = 1
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -208,6 +212,8 @@ class TrainConfig:
             problems.append("need lr > 0, batch_size >= 1 and 0 <= eta_min <= 1")
         if self.order_parameter_weight < 0 or self.derivative_weight < 0:
             problems.append("loss weights must be >= 0")
+        if not 1 <= self.chains <= self.batch_size:
+            problems.append(f"chains must be in [1, batch_size], got {self.chains}")
         if not 0 <= self.ema < 1:
             problems.append(f"ema is a moving-average momentum in [0, 1), got {self.ema}")
         if self.select_by not in ("rollout", "loss", "autocorrelation"):

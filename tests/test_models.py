@@ -344,6 +344,8 @@ def test_rollout_rejects_bad_requests():
         model.rollout(state, 0)
     with pytest.raises(ValueError, match="not both"):
         model.rollout(state, 2, return_derivatives=True, order_parameters_only=True)
+    with pytest.raises(ValueError, match="chains must be a positive int or None"):
+        model.rollout(state, 2, chains=0)
 
 
 @pytest.mark.parametrize("mode", ["eager", "function", "xla"])
@@ -368,6 +370,32 @@ def test_training_rollout_is_differentiable(mode):
     for weight, grad in zip(model.trainable_weights, grads):
         assert grad is not None, weight.path
         assert np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).max() > 0, weight.path
+
+
+def test_training_chains_give_the_one_loop_loss_and_gradients():
+    """`chains` (TrainConfig.chains) splits a training batch into loops run side by side:
+    the loss and every gradient must be the single loop's, up to float32 summation order."""
+    model = small_model("parc", dropout=0.0)
+    state = {key: tf.constant(value) for key, value in random_state(6, 8).items()}
+
+    @tf.function
+    def loss_and_grads(chains):
+        with tf.GradientTape() as tape:
+            states, derivatives = model.rollout(state, 3, training=True, chains=chains,
+                                                return_derivatives=True)
+            loss = (tf.reduce_mean(tf.abs(states["rho"] - state["rho"][:, None]) ** 2)
+                    + tf.reduce_mean((states["Q"] - state["Q"][:, None]) ** 2)
+                    + tf.reduce_mean(tf.abs(derivatives["rho"]) ** 2))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    loss, grads = loss_and_grads(1)
+    chained_loss, chained_grads = loss_and_grads(3)
+    np.testing.assert_allclose(chained_loss, loss, atol=kernel_tolerance(float(loss), 3))
+    for weight, grad, chained in zip(model.trainable_weights, grads, chained_grads):
+        np.testing.assert_allclose(chained, grad, err_msg=weight.path,
+                                   atol=kernel_tolerance(float(np.abs(grad).max()), 3))
+    with pytest.raises(ValueError, match="7 chains need a batch of at least 7, got 6"):
+        model.rollout(state, 2, training=True, chains=7)
 
 
 def test_mixed_bfloat16_training_steps_reduce_the_loss():

@@ -244,6 +244,8 @@ def test_bad_config_name_or_field(tmp_path):
         get_config("smoke", stages="3:1")
     with pytest.raises(ValueError, match="unknown config field 'learning_rate'"):
         get_config("smoke", learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"chains must be in \[1, batch_size\], got 0"):
+        get_config("smoke", chains=0)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -588,7 +588,8 @@ class HolsteinModel(keras.Model):
 
     def rollout(self, state: Mapping[str, Any], n_steps: int | tf.Tensor, *, training: bool = False,
                 return_derivatives: bool = False, order_parameters_only: bool = False,
-                jit_compile: bool | None = None) -> State | tuple[State, State]:
+                jit_compile: bool | None = None, chains: int | None = None
+                ) -> State | tuple[State, State]:
         """`n_steps` steps, each prediction fed back as the next input, in a `tf.while_loop`
         (unrolled for training windows of up to `UNROLL_MAX_STEPS`).
 
@@ -596,8 +597,9 @@ class HolsteinModel(keras.Model):
         [batch, n_steps, L]}` (the initial state is not included); with `return_derivatives`
         also the derivatives at every step, as `step` does; with `order_parameters_only` just
         `{'Delta_rho', 'Delta_Q': float32 [batch, n_steps]}`, so that memory stays small.
-        Inference on CPUs rolls batches of CHAIN_MIN_BATCH or more out as independent chains
-        of slices of the batch, side by side.
+        `chains` independent loops roll out contiguous slices of the batch side by side
+        (`CHAIN_BATCH`); by default one in training and on GPUs, and in CPU inference one
+        below CHAIN_MIN_BATCH trajectories, else about one per CHAIN_BATCH (at least two).
         Differentiable, with dropout if `training`. Called eagerly it runs one cached
         `tf.function` per (n_steps, flags), XLA-compiled if `jit_compile`; by default XLA
         is used for small inference batches, where it is faster (benchmarks/models.py), and
@@ -614,9 +616,11 @@ class HolsteinModel(keras.Model):
         self._check_derivatives(return_derivatives)
         if return_derivatives and order_parameters_only:
             raise ValueError("choose return_derivatives or order_parameters_only, not both")
+        if chains is not None and (not isinstance(chains, int) or chains < 1):
+            raise ValueError(f"chains must be a positive int or None (automatic), got {chains!r}")
         options = dict(n_steps=n_steps, training=bool(training),
                        return_derivatives=return_derivatives,
-                       order_parameters_only=order_parameters_only)
+                       order_parameters_only=order_parameters_only, chains=chains)
         if tf.inside_function():
             return self._rollout(state, **options)
         state = {key: tf.convert_to_tensor(state[key]) for key in STATE_KEYS}
@@ -629,34 +633,38 @@ class HolsteinModel(keras.Model):
                                                jit_compile=jit_compile)
         return functions[cache_key](state)
 
-    def _rollout(self, state: Mapping[str, Any], n_steps: int, training: bool,
-                 return_derivatives: bool, order_parameters_only: bool
+    def _rollout(self, state: Mapping[str, Any], chains: int | None, **options: Any
                  ) -> State | tuple[State, State]:
-        options = dict(n_steps=n_steps, training=training, return_derivatives=return_derivatives,
-                       order_parameters_only=order_parameters_only)
         image = encode(state)
-        if training or tf.config.list_logical_devices("GPU"):
-            # One stream runs a GPU's kernels in turn, so chains would only shrink them. In
-            # training, chains cost more than they gained for the tiny CNN at batch 64 (-12%
-            # samples/s; its backward ops at half the batch run far below their speed).
-            return self._chain(image, **options)
         batch = image.shape[0]
-        if batch is None:
-            # A serving graph's batch is known only when it runs: two chains from
-            # CHAIN_MIN_BATCH trajectories on.
-            size = tf.shape(image)[0]
-            return tf.cond(size >= CHAIN_MIN_BATCH,
-                           lambda: self._chains(image, [size // 2, size - size // 2], options),
-                           lambda: self._chain(image, **options))
-        if batch < CHAIN_MIN_BATCH:
+        if chains is None:
+            if options["training"] or tf.config.list_logical_devices("GPU"):
+                # One stream runs a GPU's kernels in turn, so chains would only shrink them.
+                # In training they cost the tiny CNN at batch 64 more than they gained (-11%
+                # samples/s: its backward ops at half the batch run far below their speed);
+                # TrainConfig.chains sets them where they measured faster.
+                chains = 1
+            elif batch is None:
+                # A serving graph's batch is known only when it runs: two chains from
+                # CHAIN_MIN_BATCH trajectories on.
+                size = tf.shape(image)[0]
+                return tf.cond(size >= CHAIN_MIN_BATCH,
+                               lambda: self._chains(image, 2, options),
+                               lambda: self._chain(image, **options))
+            else:
+                chains = 1 if batch < CHAIN_MIN_BATCH else max(2, round(batch / CHAIN_BATCH))
+        if chains == 1:
             return self._chain(image, **options)
-        count = max(2, round(batch / CHAIN_BATCH))
-        return self._chains(image, [batch * (i + 1) // count - batch * i // count
-                                    for i in range(count)], options)
+        if batch is not None and batch < chains:
+            raise ValueError(f"{chains} chains need a batch of at least {chains}, got {batch}")
+        return self._chains(image, chains, options)
 
-    def _chains(self, image: tf.Tensor, sizes: Sequence[Any], options: Mapping[str, Any]
+    def _chains(self, image: tf.Tensor, count: int, options: Mapping[str, Any]
                 ) -> State | tuple[State, State]:
-        """`_chain` run on each slice of the batch of the given sizes, joined in order."""
+        """`_chain` run on each of `count` near-equal contiguous slices of the batch, joined
+        in order."""
+        size = image.shape[0] if image.shape[0] is not None else tf.shape(image)[0]
+        sizes = [size * (i + 1) // count - size * i // count for i in range(count)]
         parts = [self._chain(part, **options) for part in tf.split(image, sizes)]
         return tf.nest.map_structure(lambda *values: tf.concat(values, axis=0), *parts)
 

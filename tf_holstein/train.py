@@ -101,6 +101,8 @@ class Trainer:
         self.strategy = strategy or make_strategy()
         self.is_chief = _is_chief(self.strategy)
         train = config.train
+        # Rollout chains overlap on a CPU's cores; a GPU would only run smaller kernels.
+        self.chains = 1 if tf.config.list_logical_devices("GPU") else train.chains
         self.epochs = stage_epochs(train.stages)
         keras.utils.set_random_seed(train.train_seed)
         with self.strategy.scope():
@@ -181,7 +183,8 @@ class Trainer:
                 n_step: int, training: bool) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
         """Squared-error sums and counts of every loss term for a (local) batch of windows."""
         out = self.model.rollout(inputs, n_step, training=training,
-                                 return_derivatives=self.has_derivatives)
+                                 return_derivatives=self.has_derivatives,
+                                 chains=self.chains if training else None)
         states, derivatives = out if self.has_derivatives else (out, None)
         sums = losses.squared_error_sums(states, targets)
         if derivatives is not None:
