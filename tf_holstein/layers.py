@@ -200,9 +200,12 @@ class CircularConv2D(keras.layers.Layer):
             initializer="zeros" if self.zero_init else xavier_uniform())
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        return self.convolve_wrapped(_activation(x, None, None, None, 0.0, self.kernel_size // 2,
-                                                 self._convolution_dtype, False))
+    def call(self, x: tf.Tensor, input_scale: tf.Tensor | None = None) -> tf.Tensor:
+        """The convolution of `x`, times `input_scale` per channel first if given (in the
+        wrap's fusion: no pass of its own, and the same products as a multiply before)."""
+        return self.convolve_wrapped(_activation(x, None, None, input_scale, 0.0,
+                                                 self.kernel_size // 2, self._convolution_dtype,
+                                                 False))
 
     def convolve_wrapped(self, wrapped: tf.Tensor) -> tf.Tensor:
         """The layer's output from its input already wrapped by kernel_size // 2 and cast to
@@ -340,8 +343,10 @@ class PreActResNet(keras.layers.Layer):
             block.build(hidden_shape)
         self.output_conv.build(hidden_shape)
 
-    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x = ops.tanh(self.input_conv(x))
+    def call(self, x: tf.Tensor, training: bool | None = None,
+             input_scale: tf.Tensor | None = None) -> tf.Tensor:
+        """The network's output at `x`, times `input_scale` per channel first if given."""
+        x = ops.tanh(self.input_conv(x, input_scale))
         for block in self.blocks:
             x = block(x, training=training)
         return self.output_conv(ops.tanh(x))

@@ -391,9 +391,18 @@ class _ScaledNetwork(keras.layers.Layer):
         embedded = input_shape[-1] + groups * EMBEDDING_CHANNELS[self.embedding]
         self.network.build((*input_shape[:-1], embedded))
 
-    def call(self, images: Sequence[tf.Tensor], training: bool | None = None) -> tf.Tensor:
-        image = embed(tf.concat(list(images), axis=-1) * self.in_scale, self.embedding)
-        return self.network(image, training=training) * self.out_scale
+    def call(self, images: Sequence[tf.Tensor], training: bool | None = None,
+             output_mask: tf.Tensor | None = None) -> tf.Tensor:
+        """The scaled output, times `output_mask` (of 0s and 1s) if given: one multiply by
+        mask * out_scale, which gives the same numbers as the two one after the other."""
+        image = tf.concat(list(images), axis=-1)
+        out_scale = self.out_scale if output_mask is None else output_mask * self.out_scale
+        if self.embedding == "diagonal":
+            # The input conv scales the image in its wrap's fusion, saving a pass.
+            return self.network(image, training=training,
+                                input_scale=tf.convert_to_tensor(self.in_scale)) * out_scale
+        return self.network(embed(image * self.in_scale, self.embedding),
+                            training=training) * out_scale
 
 
 def _channel_scales(scales: Mapping[str, float], prefix: str) -> tuple[float, float, float, float]:
@@ -484,12 +493,13 @@ class HolsteinModel(keras.Model):
         return _ScaledNetwork(in_scale, _channel_scales(self.scales, outputs), self.architecture,
                               zero_init_output, self.precision, self.embedding, name=name)
 
-    def _admissible(self, image: tf.Tensor, increment: tf.Tensor, rate: bool = False
+    def _admissible(self, image: tf.Tensor, network: _ScaledNetwork,
+                    inputs: Sequence[tf.Tensor], training: bool, rate: bool = False
                     ) -> tf.Tensor:
-        """A network's raw output as a state increment (or with `rate` a derivative): masked
-        to the state's entries and, with `conserve`, projected onto the dynamics' invariants;
-        with `uniform_mode` the lattice's uniform mode moved exactly."""
-        increment = _state_mask(image) * increment
+        """A network's output at `inputs` as a state increment (or with `rate` a
+        derivative): masked to the state's entries and, with `conserve`, projected onto the
+        dynamics' invariants; with `uniform_mode` the lattice's uniform mode moved exactly."""
+        increment = network(inputs, training=training, output_mask=_state_mask(image))
         if self.conserve:
             increment = conserving(increment)
         if self.uniform_mode:
@@ -499,9 +509,11 @@ class HolsteinModel(keras.Model):
                                           residual=bool(self.split_steps) and not rate)
         return increment
 
-    def _next(self, image: tf.Tensor, increment: tf.Tensor) -> tf.Tensor:
-        """The next image: the integrator's (or CNN's) increment added to `_physics_step`."""
-        return self._physics_step(image) + self._admissible(image, increment)
+    def _next(self, image: tf.Tensor, network: _ScaledNetwork, inputs: Sequence[tf.Tensor],
+              training: bool) -> tf.Tensor:
+        """The next image: the integrator's (or CNN's) increment at `inputs` added to
+        `_physics_step`."""
+        return self._physics_step(image) + self._admissible(image, network, inputs, training)
 
     def _physics_step(self, image: tf.Tensor) -> tf.Tensor:
         """The image advanced by the model's built-in physics, which the networks correct:
@@ -741,7 +753,7 @@ class HolsteinCNN(HolsteinModel):
         self.built = True
 
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, None]:
-        return self._next(image, self.cnn([image], training=training)), None
+        return self._next(image, self.cnn, [image], training), None
 
 
 @keras.saving.register_keras_serializable(package="tf_holstein")
@@ -769,12 +781,11 @@ class HolsteinPARC(HolsteinModel):
     def _advance(self, image: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         # Decoding then encoding the derivative, as the reference does, zeroes the
         # off-diagonal entries of the Q and P channels: the mask does the same.
-        derivative = self._admissible(image, self.differentiator([image], training=training),
-                                      rate=True)
+        derivative = self._admissible(image, self.differentiator, [image], training, rate=True)
         images = {"": image, "d": derivative}
-        delta = self.integrator([images[prefix] for prefix in self._integrator_inputs],
-                                training=training)
-        return self._next(image, delta), derivative
+        return self._next(image, self.integrator,
+                          [images[prefix] for prefix in self._integrator_inputs], training), \
+            derivative
 
 
 MODELS: dict[str, type[HolsteinModel]] = {"cnn": HolsteinCNN, "parc": HolsteinPARC}
