@@ -62,8 +62,7 @@ DEEP_L32_PARC = replace(DEEP_L16_PARC, split_steps=2, reflection=True, uniform_m
 # 0.084, the criterion 0.10): it validates on 128 (floor 0.046), every 500 steps and at
 # the split step it starts from.
 DEEP_L32_SELECT = replace(DEEP_L32, name="deep_L32_val128", n_val=128)
-# One rollout loop: its split steps and reflection orbits took 14% longer per training step
-# in two chains.
+# One rollout loop: its reflection orbits took 30% longer per training step in two chains.
 DEEP_L32_SPLIT_TRAIN = replace(DEEP_L32_TRAIN, stages=DEEP_L32_TRAIN.stages[:2], chains=1)
 
 PRESETS: dict[str, Config] = {
