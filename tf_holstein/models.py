@@ -396,13 +396,13 @@ class _ScaledNetwork(keras.layers.Layer):
         """The scaled output, times `output_mask` (of 0s and 1s) if given: one multiply by
         mask * out_scale, which gives the same numbers as the two one after the other."""
         image = tf.concat(list(images), axis=-1)
+        # The input conv scales a diagonal embedding in its wrap's fusion, saving a pass;
+        # the other embeddings are computed from the scaled image.
+        input_scale = tf.convert_to_tensor(self.in_scale)
+        if self.embedding != "diagonal":
+            image, input_scale = embed(image * input_scale, self.embedding), None
         out_scale = self.out_scale if output_mask is None else output_mask * self.out_scale
-        if self.embedding == "diagonal":
-            # The input conv scales the image in its wrap's fusion, saving a pass.
-            return self.network(image, training=training,
-                                input_scale=tf.convert_to_tensor(self.in_scale)) * out_scale
-        return self.network(embed(image * self.in_scale, self.embedding),
-                            training=training) * out_scale
+        return self.network(image, training=training, input_scale=input_scale) * out_scale
 
 
 def _channel_scales(scales: Mapping[str, float], prefix: str) -> tuple[float, float, float, float]:
@@ -558,21 +558,20 @@ class HolsteinModel(keras.Model):
         """`_advance` averaged over the group of the chosen symmetries (`particle_hole`,
         `reflection`): the mean of g^-1 advance(g u) over its elements g (their linear parts
         on increments), so the step commutes with each exactly as the true one does; the
-        physics step already does, so it is computed once, for u alone. Particle-hole: a state's
-        PH-symmetric errors cannot feed its staggered order, which after the L = 16 deep
-        quench is a 1e-4 to 1e-2 signal beside per-site errors of 1e-2. Reflection: the
+        physics step already does, so it is computed once, for u alone. Particle-hole: a
+        state's PH-symmetric errors cannot feed its staggered order, which after the L = 16
+        deep quench is a 1e-4 to 1e-2 signal beside per-site errors of 1e-2. Reflection: the
         step cannot push every momentum one way. One network pass over the whole orbit."""
         group = self._group
 
-        def orbit_mean(stacked: tf.Tensor, increment: bool) -> tf.Tensor:
-            parts = tf.split(stacked, len(group))
-            return tf.add_n([_transformed(part, element, increment)
+        def orbit_mean(increments: tf.Tensor) -> tf.Tensor:
+            parts = tf.split(increments, len(group))
+            return tf.add_n([_transformed(part, element, increment=True)
                              for part, element in zip(parts, group)]) / len(group)
 
         increments, derivatives = self._advance(
             tf.concat([_transformed(image, element) for element in group], 0), training)
-        return orbit_mean(increments, True), \
-            None if derivatives is None else orbit_mean(derivatives, True)
+        return orbit_mean(increments), None if derivatives is None else orbit_mean(derivatives)
 
     def _advance(self, image: tf.Tensor, training: bool
                  ) -> tuple[tf.Tensor, tf.Tensor | None]:
