@@ -6,13 +6,13 @@ frequencies, where the convolution becomes 36 independent channel matmuls, and t
 back: 36 multiplications per tile and channel pair instead of 4 * 4 * 9 = 144. The
 transforms are cheap elementwise passes (XLA); the matmuls run on oneDNN. The gradients
 are the same three stages backwards, written out here rather than left to autodiff (whose
-strided-slice gradients ran 15x slower).
+gradients of the strided tile slices made the whole 15 times slower).
 
 At the medium PARC's 128 channels, [8, 34, 34, 128] -> [8, 32, 32, 128] on 2 CPU cores
 (AMD Zen 4), forward + both gradients took 16.5 ms against 27.4 ms for oneDNN's direct
 convolution; at 64 channels and batch 32, 23 against 29 ms. At 16 channels, or at batch 1
-in inference, it was slower (9.9 against 5.1 ms at [64, 34, 34, 16]): the matmuls are too
-small. Its float32 rounding is larger than the direct convolution's (the transforms' entries
+in inference, it was slower (forward + gradients 9.9 against 5.1 ms at [64, 34, 34, 16]):
+the matmuls are too small. Its float32 rounding is larger than the direct convolution's (the transforms' entries
 reach 8 and 1/24): about 1e-5 of the output's largest value against 1e-6, far below the
 noise of stochastic gradients, so the layers use it in training only, where it is exact
 enough, and keep inference and rollouts on the direct convolution.
