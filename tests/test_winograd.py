@@ -100,7 +100,8 @@ def test_a_wrong_transform_is_far_outside_the_rounding_bound():
 
 @pytest.mark.parametrize("wrapped_shape, kernel_shape, dtype, expected", [
     ((8, 34, 34, 128), (3, 3, 128, 128), tf.float32, True),
-    ((8, 34, 34, 32), (3, 3, 32, 32), tf.float32, False),    # narrow: direct is faster
+    ((8, 34, 34, 32), (3, 3, 32, 32), tf.float32, True),
+    ((8, 34, 34, 16), (3, 3, 16, 16), tf.float32, False),    # narrow: direct is faster
     ((8, 34, 34, 128), (3, 3, 128, 16), tf.float32, False),
     ((8, 32, 32, 128), (3, 3, 128, 128), tf.float32, False),  # 30 x 30 output: no 4 x 4 tiles
     ((8, 36, 36, 128), (5, 5, 128, 128), tf.float32, False),

@@ -10,9 +10,9 @@ gradients of the strided tile slices made the whole 15 times slower).
 
 At the medium PARC's 128 channels, [8, 34, 34, 128] -> [8, 32, 32, 128] on 2 CPU cores
 (AMD Zen 4), forward + both gradients took 16.5 ms against 27.4 ms for oneDNN's direct
-convolution; at 64 channels and batch 32, 23 against 29 ms. At 16 channels, or at batch 1
-in inference, it was slower (forward + gradients 9.9 against 5.1 ms at [64, 34, 34, 16]):
-the matmuls are too small. Its float32 rounding is larger than the direct convolution's (the transforms' entries
+convolution; at 32 channels 3.6 against 4.2 ms (batch 8) and 11.5-11.8 against 12.6-13.6
+ms (batch 32). At 16 channels, or at batch 1 in inference, it was slower (forward +
+gradients 9.9 against 5.1 ms at [64, 34, 34, 16]): the matmuls are too small. Its float32 rounding is larger than the direct convolution's (the transforms' entries
 reach 8 and 1/24): about 1e-5 of the output's largest value against 1e-6, far below the
 noise of stochastic gradients, so the layers use it in training only, where it is exact
 enough, and keep inference and rollouts on the direct convolution.
@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 TILE = 4  # output tile side; the input tile side is TILE + 2
-MIN_CHANNELS = 64  # narrower convolutions run faster directly (see above)
+MIN_CHANNELS = 32  # narrower convolutions run faster directly (see above)
 
 # Lavin & Gray's F(4, 3) with interpolation points 0, +-1, +-2 and infinity: y = A^T [(G g
 # G^T) * (B^T d B)] A for a 6 x 6 input tile d and a 3 x 3 filter g (a cross-correlation).
