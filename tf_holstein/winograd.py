@@ -12,10 +12,12 @@ At the medium PARC's 128 channels, [8, 34, 34, 128] -> [8, 32, 32, 128] on 2 CPU
 (AMD Zen 4), forward + both gradients took 16.5 ms against 27.4 ms for oneDNN's direct
 convolution; at 32 channels 3.6 against 4.2 ms (batch 8) and 11.5-11.8 against 12.6-13.6
 ms (batch 32). At 16 channels, or at batch 1 in inference, it was slower (forward +
-gradients 9.9 against 5.1 ms at [64, 34, 34, 16]): the matmuls are too small. Its float32 rounding is larger than the direct convolution's (the transforms' entries
-reach 8 and 1/24): about 1e-5 of the output's largest value against 1e-6, far below the
-noise of stochastic gradients, so the layers use it in training only, where it is exact
-enough, and keep inference and rollouts on the direct convolution.
+gradients 9.9 against 5.1 ms at [64, 34, 34, 16]): the matmuls are too small.
+
+Its float32 rounding is larger than the direct convolution's (the transforms' entries reach
+8 and 1/24): about 1e-5 of the output's largest value against 1e-6, far below the noise of
+stochastic gradients, so the layers use it in training only, where it is exact enough, and
+keep inference and rollouts on the direct convolution.
 """
 from __future__ import annotations
 
