@@ -8,6 +8,10 @@ from tests.float32 import EPS32
 from tf_holstein import layers, winograd
 
 MATRICES = (winograd.INPUT_TRANSFORM, winograd.FILTER_TRANSFORM, winograd.OUTPUT_TRANSFORM)
+# Roundings of a result outside its matmul's sum: the input transform (6 + 6 terms of a
+# tile, twice), the filter's (3 + 3, whose entries such as 1/6 are themselves rounded), the
+# output transform (6 + 6, twice) and the bias: fewer than 40.
+TRANSFORM_ROUNDINGS = 40
 
 
 def numpy_winograd(wrapped, kernel, d_output, matrices=MATRICES):
@@ -31,6 +35,18 @@ def numpy_winograd(wrapped, kernel, d_output, matrices=MATRICES):
             d_wrapped[:, i:i + height - 3:4, j:j + width - 3:4] += d_tiles[..., i, j]
     d_kernel = np.einsum("ki,klcd,lj->ijcd", g, np.einsum("bxyckl,bxydkl->klcd", v, dm), g)
     return output, d_wrapped, d_kernel
+
+
+def rounding_bounds(wrapped, kernel, d_output, matmul_sums):
+    """Bounds on the rounding errors of (output without bias, d_wrapped, d_kernel): a chain
+    of n roundings errs by at most n EPS32 times the sum of its terms' magnitudes (Higham,
+    Accuracy and Stability of Numerical Algorithms, 2002, sec. 3.1), which the same
+    transforms give run on absolute values; n adds the matmul's sum over channels (forward),
+    filters (input gradient) or tiles (kernel gradient) given in `matmul_sums`."""
+    magnitudes = numpy_winograd(*(np.abs(a).astype(np.float64) for a in
+                                  (wrapped, kernel, d_output)),
+                                matrices=[np.abs(m) for m in MATRICES])
+    return [(n + TRANSFORM_ROUNDINGS) * EPS32 * m for n, m in zip(matmul_sums, magnitudes)]
 
 
 def direct(wrapped, kernel, bias, d_output):
@@ -65,20 +81,13 @@ def test_winograd_convolution_and_gradients_are_exact_up_to_their_float32_roundi
         tape.watch([wrapped_t, kernel_t, bias_t])
         out = winograd.conv3x3(wrapped_t, kernel_t, bias_t)
     got = (out, *tape.gradient(out, [wrapped_t, kernel_t, bias_t], output_gradients=d_output))
-    # Each result is a chain of sums: the transforms (6 + 6 terms of a tile, twice, and 3 + 3
-    # of the filter, whose entries such as 1/6 are themselves rounded), the matmul's sum over
-    # channels (forward), filters (input gradient) or tiles (kernel gradient), and the bias.
-    # A chain of n roundings errs by at most n EPS32 times the sum of its terms' magnitudes
-    # (Higham, Accuracy and Stability of Numerical Algorithms, 2002, sec. 3.1), which the
-    # same transforms give when run on absolute values.
     batch, height, width, channels, filters = shape
-    chains = (channels + 40, filters + 40, batch * height * width // 16 + 40)
-    magnitudes = numpy_winograd(*(np.abs(a).astype(np.float64) for a in
-                                  (wrapped, kernel, d_output)),
-                                matrices=[np.abs(m) for m in MATRICES])
-    for name, result, want, terms, n in zip(("output", "d_wrapped", "d_kernel"), got, exact,
-                                            magnitudes, chains):
-        bound = n * EPS32 * (terms + (np.abs(bias) if name == "output" else 0))
+    bounds = rounding_bounds(wrapped, kernel, d_output,
+                             (channels, filters, batch * height * width // 16))
+    # The bias is one more term of the output's sum.
+    bounds[0] += (channels + TRANSFORM_ROUNDINGS) * EPS32 * np.abs(bias)
+    for name, result, want, bound in zip(("output", "d_wrapped", "d_kernel"), got, exact,
+                                         bounds):
         assert np.all(np.abs(result.numpy() - want) <= bound), name
     pixels = batch * height * width
     assert np.all(np.abs(got[3].numpy() - exact[3])
@@ -93,9 +102,8 @@ def test_a_wrong_transform_is_far_outside_the_rounding_bound():
     slipped[3, 1] = -slipped[3, 1]
     exact = numpy_winograd(wrapped, kernel, d_output)[0]
     wrong = numpy_winograd(wrapped, kernel, d_output, (slipped, *MATRICES[1:]))[0]
-    terms = numpy_winograd(np.abs(wrapped), np.abs(kernel), np.abs(d_output),
-                           [np.abs(m) for m in MATRICES])[0]
-    assert np.mean(np.abs(wrong - exact) > (64 + 40) * EPS32 * terms) > 0.5
+    bound = rounding_bounds(wrapped, kernel, d_output, (64, 64, 4))[0]
+    assert np.mean(np.abs(wrong - exact) > bound) > 0.5
 
 
 @pytest.mark.parametrize("wrapped_shape, kernel_shape, dtype, expected", [
