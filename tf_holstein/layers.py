@@ -217,9 +217,10 @@ class CircularConv2D(keras.layers.Layer):
         dtype = self._convolution_dtype  # the casts are no-ops in float32
         kernel, bias = tf.cast(self.kernel, dtype), tf.cast(self.bias, dtype)
         if training and winograd.applies(wrapped, kernel):
-            return winograd.conv3x3(wrapped, kernel, bias)
-        return tf.cast(tf.nn.bias_add(tf.nn.conv2d(wrapped, kernel, 1, "VALID"), bias),
-                       self.compute_dtype)
+            output = winograd.conv3x3(wrapped, kernel, bias)
+        else:
+            output = tf.nn.bias_add(tf.nn.conv2d(wrapped, kernel, 1, "VALID"), bias)
+        return tf.cast(output, self.compute_dtype)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*input_shape[:-1], self.filters)
