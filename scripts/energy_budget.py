@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import evaluation, physics, records
+from tf_holstein import baselines, evaluation, physics, records
 
 def budget(states: Mapping[str, np.ndarray], g: float, steps: Sequence[int]
            ) -> dict[str, Any]:
@@ -40,7 +40,8 @@ def budget(states: Mapping[str, np.ndarray], g: float, steps: Sequence[int]
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model path, or 'exact'")
+    parser.add_argument("--model", required=True,
+                        help="model path, or a baseline spec (exact, rk4:DT, ...)")
     parser.add_argument("--data", required=True, help="dataset directory")
     parser.add_argument("--split", default="test")
     parser.add_argument("--n", type=int, default=8, help="trajectories")
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     truth = records.load_split(args.data, args.split)
     meta = truth["meta"]
     steps = [min(int(s), meta["T"]) for s in args.steps.split(",")]
-    model = evaluation.exact_model(meta) if args.model == evaluation.EXACT \
+    model = baselines.baseline_model(args.model, meta) if baselines.is_baseline(args.model) \
         else evaluation.load_model(args.model)
     initial = {key: truth[key][:args.n, 0] for key in records.STATE_KEYS}
     predicted = model.rollout(initial, meta["T"])

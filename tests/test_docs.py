@@ -240,3 +240,38 @@ def test_apply_options_keeps_the_weights_and_changes_the_step(monkeypatch, tmp_p
     assert np.abs(target.step(state)["Q"].numpy() - source.step(state)["Q"].numpy()).max() > 1e-4
     with pytest.raises(SystemExit, match="channels would change the weights"):
         apply.main([str(tmp_path / "source.keras"), str(tmp_path / "x.keras"), "channels=4"])
+
+
+def test_the_pareto_front_keeps_exactly_the_unbeaten_points(monkeypatch):
+    frontier = load_script("frontier", monkeypatch)
+    points = {"cheap_bad": {"cost": 1.0, "error": 0.5}, "mid": {"cost": 2.0, "error": 0.1},
+              "dear_good": {"cost": 8.0, "error": 0.05}, "beaten": {"cost": 3.0, "error": 0.2},
+              "tie": {"cost": 2.0, "error": 0.1}}
+    assert frontier.pareto(points) == ["cheap_bad", "mid", "dear_good", "tie"]
+
+
+def test_frontier_evaluates_prices_and_resumes(monkeypatch, smoke_dataset, tmp_path):
+    """Two baselines and a group of two: each evaluated with its cost, the group as its
+    median and range, the table cheapest first; a second run reads the stored results."""
+    frontier = load_script("frontier", monkeypatch)
+    meta = records.read_meta(smoke_dataset)
+    dt, time_step = meta["config"]["dt"], meta["time_step"]
+    args = ["--data", str(smoke_dataset), "--out", str(tmp_path), "--model", "exact",
+            "--model", f"trotter2:{time_step}", "--group",
+            f"rk4=rk4:{dt},rk4:{2 * dt}", "--cost_batch", "4", "--cost_steps", "2",
+            "--cost_repeats", "1", "--no-progress"]
+    out = frontier.main(args)
+    points = out["points"]
+    assert set(points) == {"exact", f"trotter2:{time_step}", "rk4"}
+    assert points["rk4"]["members"] == 2
+    low, high = points["rk4"]["error_range"]
+    assert low <= points["rk4"]["error"] <= high
+    assert all(p["cost"] > 0 for p in points.values())
+    assert set(out["pareto"]) <= set(points) and out["pareto"]
+    rows = (tmp_path / "frontier.md").read_text().splitlines()[2:]
+    costs = [float(row.split("|")[3].replace(",", "")) for row in rows]
+    assert costs == sorted(costs) and len(rows) == 3
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    stamp = (tmp_path / "exact" / "metrics.json").stat().st_mtime_ns
+    assert frontier.main(args)["points"] == points  # resumed from the stored evaluations
+    assert (tmp_path / "exact" / "metrics.json").stat().st_mtime_ns == stamp

@@ -12,7 +12,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from float32 import kernel_tolerance
-from tf_holstein import climate, evaluation, export, metrics, models, physics, records, rollout
+from tf_holstein import (baselines, climate, evaluation, export, metrics, models, physics, records,
+                         rollout)
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -313,7 +314,7 @@ def test_bad_requests_are_refused_with_reasons(identity_run, smoke_dataset, smok
 def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path):
     """--model exact restarts RK4 from the stored float32 states: at L = 8 over 12 steps the
     rounding stays at float32 level, and every metric sits at its floor."""
-    result = evaluation.evaluate(evaluation.EXACT, smoke_dataset, out_dir=tmp_path, chunk=5,
+    result = evaluation.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path, chunk=5,
                                  progress=False)
     summary = result["summary"]
     assert result["run"]["model_format"] == "exact" and summary["n_diverged"] == 0
@@ -322,7 +323,7 @@ def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path
         assert summary[name]["autocorrelation_max_abs_diff"] < 1e-3  # 12 steps: ill-conditioned
     assert max(summary["state_rmse"].values()) < 1e-7, summary["state_rmse"]
     with pytest.raises(ValueError, match="--model exact has no directory to write into"):
-        evaluation.evaluate(evaluation.EXACT, smoke_dataset, progress=False)
+        evaluation.evaluate(baselines.EXACT, smoke_dataset, progress=False)
 
 
 def test_the_split_step_converges_on_the_stored_truth(tmp_path):
@@ -337,14 +338,49 @@ def test_the_split_step_converges_on_the_stored_truth(tmp_path):
                                  tmp_path / "data", progress=False)
     errors = []
     for parts in (1, 2):
-        result = evaluation.evaluate(f"{evaluation.SPLIT}{parts}", test_only,
+        result = evaluation.evaluate(f"{baselines.SPLIT}:{parts}", test_only,
                                      out_dir=tmp_path / str(parts), progress=False)
         assert result["run"]["model_format"] == f"split:{parts}"
         assert result["summary"]["n_diverged"] == 0
         errors.append(max(result["summary"]["state_rmse"].values()))
     assert errors[1] < 1e-3 and 3 < errors[0] / errors[1] < 5, errors
-    with pytest.raises(ValueError, match="expected split:N"):
+    with pytest.raises(ValueError, match="expected N, a whole number of parts"):
         evaluation.evaluate("split:two", test_only, out_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["saved_model", "keras", "exact", "rk4", "trotter2",
+                                  "trotter4:float32", "split"])
+def test_the_cost_is_recorded_for_every_kind_of_model(kind, identity_run, smoke_dataset,
+                                                      smoke_meta, tmp_path):
+    """metrics.json holds the rollout's cost with the settings it depends on, for learned
+    models and baselines alike, and the headline (so every comparison table) shows it."""
+    time_step, dt = smoke_meta["time_step"], smoke_meta["config"]["dt"]
+    model, precision = {
+        "saved_model": (identity_run, "float32"),
+        "keras": (identity_run / "export" / "model.keras", "float32"),
+        "exact": (baselines.EXACT, "float64"),
+        "rk4": (f"rk4:{2 * dt}", "float64"),
+        "trotter2": (f"trotter2:{time_step / 2}", "float64"),
+        "trotter4:float32": (f"trotter4:{time_step}:float32", "float32"),
+        "split": ("split:1", "float64")}[kind]
+    result = evaluation.evaluate(model, smoke_dataset, out_dir=tmp_path, cost_batch=5,
+                                 cost_steps=3, cost_repeats=2, progress=False)
+    cost = json.loads((tmp_path / "metrics.json").read_text())["cost"]
+    assert cost == evaluation.to_json(result["cost"])
+    assert (cost["batch"], cost["steps"], cost["repeats"], cost["precision"]) == \
+        (5, 3, 2, precision)
+    low, high = cost["us_per_trajectory_step_range"]
+    assert 0 < low <= cost["us_per_trajectory_step"] <= high
+    assert cost["cpu"] and cost["intra_op_threads"] >= 1 and cost["inter_op_threads"] >= 1
+    assert evaluation.headline(result)["cost_us_per_trajectory_step"] == \
+        cost["us_per_trajectory_step"]
+
+
+def test_no_cost_without_timed_rollouts(identity_run, smoke_dataset, tmp_path):
+    result = evaluation.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, cost_repeats=0,
+                                 progress=False)
+    assert result["cost"] is None
+    assert "cost_us_per_trajectory_step" not in evaluation.headline(result)
 
 
 def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
@@ -469,7 +505,7 @@ def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth,
     """--lyapunov_trajectories: the truth's exponent is climate.largest_lyapunov of the
     simulator from the split's first initial states; the exact model's, measured through
     float32 states with twins 1e-4 apart, is the same up to that rounding."""
-    result = evaluation.evaluate(evaluation.EXACT, smoke_dataset, out_dir=tmp_path,
+    result = evaluation.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path,
                                  lyapunov_trajectories=2, progress=False)
     lyapunov = result["lyapunov"]
     steps, time_step = smoke_meta["T"], smoke_meta["time_step"]
@@ -492,5 +528,5 @@ def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth,
     assert head["lyapunov_prediction"] == pytest.approx(lyapunov["prediction"]["mean"])
     assert (tmp_path / "lyapunov.png").stat().st_size > 0
     with pytest.raises(ValueError, match=r"lyapunov_trajectories must be in 0\.\.2"):
-        evaluation.evaluate(evaluation.EXACT, smoke_dataset, out_dir=tmp_path,
+        evaluation.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path,
                             lyapunov_trajectories=3, progress=False)

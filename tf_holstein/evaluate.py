@@ -23,21 +23,26 @@ from typing import Any, Sequence
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import cli, comparison, evaluation, metrics, records, rollout
+from tf_holstein import cli, comparison, cost, evaluation, metrics, records, rollout
 from tf_holstein.cli import FLAGS
 
 # Flags that set how a model rolls out: they mean nothing for stored predictions.
-MODEL_ONLY = ("n_traj", "steps", "chunk", "noise_contraction", "allow_other_L")
+MODEL_ONLY = ("n_traj", "steps", "chunk", "noise_contraction", "allow_other_L", "cost_batch",
+              "cost_steps", "cost_repeats")
 
 
 def _define_flags() -> None:
     """The command's own flags, defined only when run as a command (no global clashes);
     --config, --data_dir and --progress come from tf_holstein.cli."""
     flags.DEFINE_multi_string("model", None, "a .keras file, a SavedModel directory, a "
-                              "training workdir (its export/saved_model), 'exact': the RK4 "
+                              "training workdir (its export/saved_model), or a classical "
+                              "integrator (tf_holstein.baselines): 'exact', the RK4 "
                               "simulator restarted from the stored states, the floor of every "
-                              "metric, or 'split:N': the weight-free split step in N parts per "
-                              "step; repeat the flag to evaluate and compare several")
+                              "metric; 'rk4:DT', RK4 at time step DT; 'trotter2:DT', "
+                              "'trotter4:DT', Trotter-Suzuki over even and odd bonds; "
+                              "'split:N', the split step in N parts; ':float32' after any but "
+                              "'exact' runs it in single precision; repeat the flag to "
+                              "evaluate and compare several")
     flags.DEFINE_multi_string("predictions", None, "instead of --model: a .npz of rollouts "
                               "made elsewhere, in the layout pipelines/batch_inference.py "
                               "writes (index, Delta_rho, Delta_Q and optionally rho, Q, P; "
@@ -65,6 +70,11 @@ def _define_flags() -> None:
                       "passes on (diagnostics.noise_contraction)")
     flags.DEFINE_bool("allow_other_L", False, "run on a chain length other than the "
                       "training data's")
+    flags.DEFINE_integer("cost_batch", cost.BATCH, "trajectories per timed rollout when "
+                         "measuring the cost per trajectory per saved step")
+    flags.DEFINE_integer("cost_steps", cost.STEPS, "saved steps per timed rollout")
+    flags.DEFINE_integer("cost_repeats", cost.REPEATS, "timed rollouts (their median is the "
+                         "cost); 0: do not measure the cost")
     flags.DEFINE_integer("lyapunov_trajectories", 0, "also measure the largest Lyapunov "
                          "exponent of the exact simulator and of the model from the first N "
                          "initial states (twin rollouts of the evaluated length: costly; 16 "
@@ -96,6 +106,8 @@ def main(argv: Sequence[str]) -> None:
             return evaluation.evaluate(
                 source, data, out_dir=out_dir, n_traj=FLAGS.n_traj, steps=FLAGS.steps,
                 chunk=FLAGS.chunk, allow_other_L=FLAGS.allow_other_L,
+                cost_batch=FLAGS.cost_batch, cost_steps=FLAGS.cost_steps,
+                cost_repeats=FLAGS.cost_repeats,
                 noise_levels=[float(x) for x in FLAGS.noise_contraction or ()], **common)
 
         sources = FLAGS.predictions or FLAGS.model

@@ -20,7 +20,6 @@ Its command line is `python -m tf_holstein.evaluate` (tf_holstein/evaluate.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import itertools
 import json
@@ -33,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_holstein import (climate, climate_plots, diagnostics, export, metrics, models, physics,
+from tf_holstein import (baselines, climate, cost, climate_plots, diagnostics, export, metrics, models, physics,
                          plots, records, rollout)
 
 SNAPSHOT_HORIZON = 48  # default snapshot steps span 0..48, as in the paper's Fig. 3
@@ -42,26 +41,9 @@ TRACE_ROWS = 4  # trajectories drawn in order_parameters.png (Fig. 7 shows four)
 # --noise_contraction measures one-step transitions this many saved steps apart: nearly
 # independent states of a chaotic trajectory, and few enough to stay cheap.
 NOISE_EVERY = 50
-EXACT = "exact"  # --model exact: the RK4 simulator itself, the floor for every learned model
-SPLIT = "split:"  # --model split:N: the weight-free split step in N parts (physics.split_step)
 
 
 # -- the model ------------------------------------------------------------------------------
-@dataclasses.dataclass
-class LoadedModel:
-    """A model ready to roll out, whatever form it was saved in.
-
-    rollout(state, n_steps): state `{'rho': complex64 [B, L, L], 'Q', 'P': float32 [B, L]}`
-    -> the states after steps 1..n_steps as NumPy, `[B, n_steps, ...]`.
-    """
-
-    path: Path  # the `.keras` file or SavedModel directory actually loaded
-    format: str  # "keras", "saved_model" or "exact"
-    rollout: rollout.RolloutFn
-    metadata: dict[str, Any]  # the export's metadata asset; model class and config for .keras
-    handle: Any  # the loaded object (keeps a SavedModel's variables alive)
-
-
 def resolve_model_path(path: str | Path) -> Path:
     """The model file or SavedModel directory that `path` names.
 
@@ -87,7 +69,7 @@ def resolve_model_path(path: str | Path) -> Path:
                             f"export/model.keras")
 
 
-def load_model(path: str | Path) -> LoadedModel:
+def load_model(path: str | Path) -> rollout.LoadedModel:
     """Loads a model (see `resolve_model_path`) behind one rollout interface.
 
     A `.keras` model runs in-process (`HolsteinModel.rollout`); a SavedModel through its
@@ -98,10 +80,11 @@ def load_model(path: str | Path) -> LoadedModel:
         model = keras.saving.load_model(str(path))
         if not isinstance(model, models.HolsteinModel):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a tf-holstein model")
-        return LoadedModel(path, "keras", rollout.keras_rollout(model),
-                           {"model_class": type(model).__name__,
-                            "model_config": json.loads(json.dumps(model.get_config(),
-                                                                  default=str))}, model)
+        return rollout.LoadedModel(path, "keras", rollout.keras_rollout(model),
+                                   {"model_class": type(model).__name__,
+                                    "model_config": json.loads(json.dumps(model.get_config(),
+                                                                          default=str))},
+                                   model, precision=model.precision)
     loaded = tf.saved_model.load(str(path))
     if "rollout" not in loaded.signatures:
         raise ValueError(f"the SavedModel at {path} has no 'rollout' signature (it has "
@@ -120,70 +103,9 @@ def load_model(path: str | Path) -> LoadedModel:
 
     metadata_file = path / "assets" / export.METADATA_ASSET
     metadata = export.read_metadata(path) if metadata_file.exists() else {}
-    return LoadedModel(path, "saved_model", saved_model_rollout, metadata, loaded)
-
-
-def exact_model(meta: Mapping[str, Any]) -> LoadedModel:
-    """The exact RK4 simulator behind the rollout interface, at the dataset's protocol.
-
-    Started from the stored (single-precision) states, it measures what the rounding alone
-    does to a chaotic rollout: no learned model can be expected to do better. Each rollout
-    call restarts from its (float32) input, so a rollout in chunks is rounded once per chunk.
-    """
-    from tf_holstein import simulate  # only this model needs the simulator
-
-    config = meta["config"]
-
-    def exact_rollout(state: Mapping[str, np.ndarray], n_steps: int) -> rollout.State:
-        chunks = list(simulate.simulate(
-            np.asarray(state["rho"], np.complex128), np.asarray(state["Q"], np.float64),
-            np.asarray(state["P"], np.float64), g=config["g_f"], dt=config["dt"],
-            save_interval=config["save_interval"], saved_steps=n_steps))
-        return {key: np.concatenate([c[key] for c in chunks], axis=1)[:, 1:]
-                for key in records.STATE_KEYS}
-
-    return LoadedModel(Path(EXACT), EXACT, exact_rollout, {}, None)
-
-
-def physics_model(spec: str, meta: Mapping[str, Any]) -> LoadedModel | None:
-    """The model a `--model` spec names if it is physics rather than a file: `exact`
-    (`exact_model`) or `split:N` (`split_model`); None otherwise."""
-    if spec == EXACT:
-        return exact_model(meta)
-    if not spec.startswith(SPLIT):
-        return None
-    try:
-        parts = int(spec[len(SPLIT):])
-    except ValueError:
-        raise ValueError(f"--model {spec}: expected {SPLIT}N with N a whole number of parts "
-                         f"per step, e.g. {SPLIT}2") from None
-    return split_model(meta, parts)
-
-
-def split_model(meta: Mapping[str, Any], parts: int) -> LoadedModel:
-    """The weight-free Strang split step (`physics.split_step`) in `parts` parts per saved
-    step, in double precision, behind the rollout interface: the physics that a model with
-    `split_steps` corrects, and a cheap integrator to weigh learned models against."""
-    if parts < 1:
-        raise ValueError(f"--model {SPLIT}N needs N >= 1 parts per step, got {parts}")
-    g, time_step = meta["config"]["g_f"], meta["time_step"]
-
-    @tf.function
-    def advance(rho: tf.Tensor, Q: tf.Tensor, P: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        return physics.split_step(rho, Q, P, g, time_step, parts)
-
-    def split_rollout(state: Mapping[str, np.ndarray], n_steps: int) -> rollout.State:
-        current = (tf.constant(state["rho"], tf.complex128), tf.constant(state["Q"], tf.float64),
-                   tf.constant(state["P"], tf.float64))
-        steps = []
-        for _ in range(n_steps):
-            current = advance(*current)
-            steps.append([x.numpy() for x in current])
-        return {key: np.stack([s[k] for s in steps], axis=1)
-                for k, key in enumerate(records.STATE_KEYS)}
-
-    name = f"{SPLIT}{parts}"
-    return LoadedModel(Path(name), name, split_rollout, {}, None)
+    return rollout.LoadedModel(path, "saved_model", saved_model_rollout, metadata, loaded,
+                               precision=metadata.get("model_config", {}).get("precision",
+                                                                              "float32"))
 
 
 def check_protocol(metadata: Mapping[str, Any], meta: Mapping[str, Any],
@@ -397,7 +319,8 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
              snapshot_trajectory: int = 0,
              divergence_factor: float = metrics.DIVERGENCE_FACTOR, allow_other_L: bool = False,
              noise_levels: Sequence[float] = (), lyapunov_trajectories: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             cost_batch: int = cost.BATCH, cost_steps: int = cost.STEPS,
+             cost_repeats: int = cost.REPEATS, progress: bool = True) -> dict[str, Any]:
     """Evaluates `model` on `split` of the dataset `data`; writes metrics.json,
     order_parameters.npz and the figures to `out_dir`; returns the metrics.
 
@@ -408,14 +331,15 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     `noise_contraction` (diagnostics.noise_contraction on every NOISE_EVERY-th transition);
     with `lyapunov_trajectories` N > 0, `lyapunov` (`lyapunov_exponents` from the first N
     initial states: twin rollouts, so it costs about 2N more trajectories' rollouts and as
-    many of the exact simulator).
+    many of the exact simulator). `cost` holds the rollout's cost (`cost.measure`: wall time
+    per trajectory per saved step at batch `cost_batch`, the median of `cost_repeats` timed
+    rollouts of `cost_steps` steps (at most `steps`) from the split's first initial states,
+    after the scoring), or None with `cost_repeats` 0.
     """
     meta = _read_meta(data, split)
-    loaded = physics_model(str(model), meta)
-    builtin = loaded is not None
-    if not builtin:
-        loaded = load_model(model)
-    elif out_dir is None:
+    builtin = baselines.is_baseline(str(model))
+    loaded = baselines.baseline_model(str(model), meta) if builtin else load_model(model)
+    if builtin and out_dir is None:
         raise ValueError(f"--model {model} has no directory to write into: pass --out")
     check_protocol(loaded.metadata, meta, allow_other_L)
     available = meta["splits"][split]["num_trajectories"]
@@ -451,6 +375,12 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     if lyapunov_trajectories:
         result["lyapunov"] = lyapunov_exponents(loaded.rollout, data, split,
                                                 lyapunov_trajectories, steps, meta)
+    result["cost"] = None
+    if cost_repeats:
+        first = next(truth_batches(data, split, min(n_traj, cost_batch), cost_batch))
+        result["cost"] = cost.measure(
+            loaded, {key: first[key][:, 0] for key in records.STATE_KEYS}, batch=cost_batch,
+            steps=min(cost_steps, steps), repeats=cost_repeats)
     write_results(out_dir if out_dir is not None else default_out_dir(model, split),
                   collected, result)
     return result
@@ -502,6 +432,7 @@ def evaluate_predictions(predictions: str | Path, data: str | Path, *, split: st
         progress=progress)
     result["run"].update({"predictions": str(path),
                           "predictions_hold_states": "Q" in arrays})
+    result["cost"] = None  # the rollouts were made elsewhere
     if lyapunov_trajectories:
         result["lyapunov"] = lyapunov_exponents(None, data, split, lyapunov_trajectories,
                                                 steps, meta)
@@ -642,8 +573,8 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers people quote from an evaluation: counts, median Delta RMSE / std, the
     autocorrelation mismatch of both order parameters with its sampling floor, the scores
     that select a model in training (`metrics.selection_scores`) and, where computed, the
-    climate's distances with their floors, the median valid time and the Lyapunov
-    exponents."""
+    climate's distances with their floors, the median valid time, the Lyapunov
+    exponents and the rollout's cost in microseconds per trajectory per saved step."""
     summary = result["summary"]
     numbers = {
         **{key: summary[key] for key in ("n_trajectories", "n_diverged", "steps")},
@@ -673,4 +604,6 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
         for source in ("truth", "prediction"):
             entry = result["lyapunov"][source]
             numbers[f"lyapunov_{source}"] = entry["mean"] if entry else None
+    if result.get("cost"):
+        numbers["cost_us_per_trajectory_step"] = result["cost"]["us_per_trajectory_step"]
     return to_json(numbers)

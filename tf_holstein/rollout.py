@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,22 @@ RolloutFn = Callable[[Mapping[str, np.ndarray], int], State]
 
 BATCH_SIZE = 32  # trajectories rolled out together
 CHUNK = 100  # steps per rollout call (bounds memory)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready to roll out, whatever form it was saved in, or a baseline.
+
+    rollout(state, n_steps): state `{'rho': complex64 [B, L, L], 'Q', 'P': float32 [B, L]}`
+    -> the states after steps 1..n_steps as NumPy, `[B, n_steps, ...]`.
+    """
+
+    path: Path  # the `.keras` file or SavedModel directory loaded, or the baseline's spec
+    format: str  # "keras", "saved_model", or the baseline's spec
+    rollout: RolloutFn
+    metadata: dict[str, Any]  # the export's metadata asset; model class and config for .keras
+    handle: Any  # the loaded object (keeps a SavedModel's variables alive)
+    precision: str = "float32"  # of the arithmetic: float32, mixed_bfloat16 or float64
 
 
 def keras_rollout(model: Any) -> RolloutFn:

@@ -35,10 +35,12 @@ from tensorflow.compiler.tf2xla.python import xla as tf2xla
 from tf_holstein.physics import ETA, HOPPING, K0
 
 DEFAULT_CHUNK_STEPS = 100  # save intervals per device call and per yielded chunk
+COMPLEX = {tf.float64: tf.complex128, tf.float32: tf.complex64}  # rho's dtype per precision
 
 
 class BandState(NamedTuple):
-    """A batch of states in band layout (module docstring), float64, batch axis last."""
+    """A batch of states in band layout (module docstring), float64 (or float32), batch
+    axis last."""
 
     X: tf.Tensor  # [L, L/2+1, B]  Re rho_{i, i+d}
     Y: tf.Tensor  # [L, L/2+1, B]  Im rho_{i, i+d}
@@ -62,24 +64,26 @@ def _unband_index(L: int) -> tuple[np.ndarray, np.ndarray]:
     return index, np.where(in_band, 1.0, -1.0)
 
 
-def pack(rho: Any, Q: Any, P: Any) -> BandState:
-    """Band layout of states rho complex [B, L, L] (Hermitian), Q, P real [B, L].
+def pack(rho: Any, Q: Any, P: Any, dtype: tf.DType = tf.float64) -> BandState:
+    """Band layout of states rho complex [B, L, L] (Hermitian), Q, P real [B, L], in the
+    real precision `dtype` (float64, as the data are made, or float32).
 
     Only rho's band j - i mod L in [0, L/2] is read.
     """
-    rho = tf.cast(tf.convert_to_tensor(rho), tf.complex128)
+    rho = tf.cast(tf.convert_to_tensor(rho), COMPLEX[dtype])
     B, L = rho.shape[0], rho.shape[-1]
     band = tf.gather(tf.reshape(rho, [B, L * L]), _band_index(L), axis=1)  # [B, L, L/2+1]
     band = tf.transpose(band, [1, 2, 0])
 
     def batch_last(x: Any) -> tf.Tensor:
-        return tf.transpose(tf.cast(tf.convert_to_tensor(x), tf.float64))
+        return tf.transpose(tf.cast(tf.convert_to_tensor(x), dtype))
 
     return BandState(tf.math.real(band), tf.math.imag(band), batch_last(Q), batch_last(P))
 
 
 def unpack(state: BandState) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """States back in batch-first layout: rho complex128 [B, L, L], Q, P float64 [B, L].
+    """States back in batch-first layout: rho complex128 [B, L, L], Q, P float64 [B, L]
+    (complex64 and float32 from a float32 state).
 
     rho is exactly Hermitian: the band's two copies of the d = L/2 entries are
     averaged and the imaginary diagonal (zero up to rounding) is dropped.
@@ -162,16 +166,19 @@ _advance_compiled = tf.function(_advance, jit_compile=True)
 
 def integrate(state: BandState, n_steps: int | tf.Tensor, g: float, dt: float,
               steps_per_trajectory: Any = None) -> BandState:
-    """n_steps RK4 steps of length dt at coupling g, compiled with XLA.
+    """n_steps RK4 steps of length dt at coupling g, compiled with XLA, in the state's
+    precision.
 
     steps_per_trajectory: optional int [B]; trajectory b then takes
     min(n_steps, steps_per_trajectory[b]) steps.
     """
     if steps_per_trajectory is not None:
         steps_per_trajectory = tf.convert_to_tensor(steps_per_trajectory, tf.int32)
+    dtype = state.Q.dtype
     return _advance_compiled(state, tf.convert_to_tensor(n_steps, tf.int32),
-                             tf.convert_to_tensor(g, tf.float64),
-                             tf.convert_to_tensor(dt, tf.float64), steps_per_trajectory)
+                             tf.cast(tf.convert_to_tensor(g, tf.float64), dtype),
+                             tf.cast(tf.convert_to_tensor(dt, tf.float64), dtype),
+                             steps_per_trajectory)
 
 
 def _stored(state: BandState) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
