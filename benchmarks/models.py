@@ -22,7 +22,6 @@ import ctypes
 import ctypes.util
 import dataclasses
 import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -231,18 +230,6 @@ def keep_freed_memory() -> str:
     return "glibc keeps freed blocks < 32 MiB" if ok else "malloc thresholds unchanged"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str]) -> None:
     del argv
     names = FLAGS.cases or list(CASES)
@@ -257,13 +244,15 @@ def main(argv: list[str]) -> None:
     import keras
     import tensorflow as tf
 
+    from tf_holstein import cost
+
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     torch.set_num_threads(FLAGS.threads)
     torch.set_num_interop_threads(FLAGS.threads)
     keras.utils.set_random_seed(0)
     torch.manual_seed(0)
-    print(f"{cpu_model()}, {os.cpu_count()} CPUs, load average "
+    print(f"{cost.cpu_model()}, {os.cpu_count()} CPUs, load average "
           f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}; {memory}")
     print(f"TensorFlow {tf.__version__}, PyTorch {torch.__version__} (OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}), {FLAGS.threads} threads each, L = {L}; "
