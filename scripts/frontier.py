@@ -12,8 +12,10 @@ redoes it), cost included (`tf_holstein.cost`). Writes to `--out`:
 - frontier.json and frontier.md: per model the climate error (the larger of
   max |A_pred - A_true| of Delta_rho and Delta_Q), the W1 distances of their distributions,
   the cost in microseconds per trajectory per saved step and relative to `exact` (if
-  evaluated), whether it is Pareto-optimal (no other model both cheaper and more accurate);
-  a group by the median over its members, with the range;
+  evaluated), whether it is Pareto-optimal (no other model both cheaper and more accurate)
+  and whether it meets `--bound` (default: the sampling floor + 0.015; below about the
+  floor, scores differ by sampling noise alone); a group by the median over its members,
+  with the range; and the cheapest model within the bound;
 - frontier.png: error against cost, log-log, the Pareto front drawn through its points,
   the sampling floor of the test set as a band.
 """
@@ -46,11 +48,13 @@ def point(result: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers of one evaluation that the frontier shows."""
     summary = result["summary"]
     names = metrics.ORDER_PARAMETERS
-    return {"error": max(summary[name]["autocorrelation_max_abs_diff"] for name in names),
+    errors = [summary[name]["autocorrelation_max_abs_diff"] for name in names]
+    # None where every trajectory diverged: no climate to score.
+    return {"error": None if None in errors else max(errors),
             **{f"{name}_autocorrelation": summary[name]["autocorrelation_max_abs_diff"]
                for name in names},
-            **{f"{name}_wasserstein_1": result["distribution"][name]["wasserstein_1"]
-               for name in names},
+            **{f"{name}_wasserstein_1": result.get("distribution", {}).get(name, {}).get(
+                "wasserstein_1") for name in names},
             "floor": max(summary[name]["autocorrelation_sampling_floor"] for name in names),
             "n_diverged": summary["n_diverged"],
             "cost": result["cost"]["us_per_trajectory_step"],
@@ -59,48 +63,76 @@ def point(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def grouped(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A group of models (seeds) as the median of each number, with the error's range."""
-    errors = [p["error"] for p in points]
+    errors = [p["error"] for p in points if p["error"] is not None]
     numeric = [key for key, value in points[0].items() if isinstance(value, (int, float))]
-    return {**{key: float(np.median([p[key] for p in points])) for key in numeric},
-            "precision": points[0]["precision"], "error_range": [min(errors), max(errors)],
+
+    def median(key: str) -> float | None:
+        values = [p[key] for p in points if p[key] is not None]
+        return float(np.median(values)) if values else None
+
+    return {**{key: median(key) for key in numeric},
+            "precision": points[0]["precision"],
+            "error_range": [min(errors), max(errors)] if errors else None,
             "members": len(points)}
 
 
 def pareto(points: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The labels of the points that no other point beats in both cost and error."""
+    """The labels of the points that no other point beats in both cost and error (a point
+    without an error, every trajectory diverged, is on no front)."""
+    scored = {label: p for label, p in points.items() if p["error"] is not None}
+
     def beaten(label: str) -> bool:
-        p = points[label]
+        p = scored[label]
         return any(q["cost"] <= p["cost"] and q["error"] <= p["error"]
                    and (q["cost"] < p["cost"] or q["error"] < p["error"])
-                   for other, q in points.items() if other != label)
+                   for other, q in scored.items() if other != label)
 
-    return [label for label in points if not beaten(label)]
+    return [label for label in scored if not beaten(label)]
 
 
-def table(points: Mapping[str, Mapping[str, Any]], front: Sequence[str]) -> str:
+def within(p: Mapping[str, Any], bound: float) -> bool:
+    return p["error"] is not None and p["error"] <= bound
+
+
+def cheapest(points: Mapping[str, Mapping[str, Any]], bound: float) -> str | None:
+    """The label of the cheapest point whose error is within `bound`, if any."""
+    meeting = [label for label, p in points.items() if within(p, bound)]
+    return min(meeting, key=lambda label: points[label]["cost"]) if meeting else None
+
+
+def table(points: Mapping[str, Mapping[str, Any]], front: Sequence[str], bound: float) -> str:
     """frontier.md: one row per model, cheapest first."""
     exact = points.get(baselines.EXACT)
     lines = ["| model | precision | cost (us / trajectory / saved step) | relative to exact | "
              "max \\|A - A_true\\| Delta_rho, Delta_Q | W1 Delta_rho, Delta_Q | diverged | "
-             "Pareto |", "|---|---|---|---|---|---|---|---|"]
+             f"Pareto | within {bound:.3f} |", "|---|---|---|---|---|---|---|---|---|"]
+    def pair(p: Mapping[str, Any], key: str, digits: int) -> str:
+        values = [p[f"{name}_{key}"] for name in metrics.ORDER_PARAMETERS]
+        return "every trajectory diverged" if None in values else \
+            ", ".join(f"{v:.{digits}f}" for v in values)
+
     for label, p in sorted(points.items(), key=lambda item: item[1]["cost"]):
-        error = f"{p['Delta_rho_autocorrelation']:.3f}, {p['Delta_Q_autocorrelation']:.3f}"
+        error = pair(p, "autocorrelation", 3)
         if "members" in p:
             error += (f" (median of {p['members']}; max of both {p['error_range'][0]:.3f}-"
                       f"{p['error_range'][1]:.3f})")
         relative = f"{p['cost'] / exact['cost']:.3f}" if exact else ""
         lines.append(f"| {label} | {p['precision']} | {p['cost']:,.1f} | {relative} | {error} | "
-                     f"{p['Delta_rho_wasserstein_1']:.4f}, {p['Delta_Q_wasserstein_1']:.4f} | "
-                     f"{p['n_diverged']:g} | {'yes' if label in front else ''} |")
+                     f"{pair(p, 'wasserstein_1', 4)} | {p['n_diverged']:g} | "
+                     f"{'yes' if label in front else ''} | {'yes' if within(p, bound) else ''} |")
     return "\n".join(lines) + "\n"
 
 
-def figure(points: Mapping[str, Mapping[str, Any]], front: Sequence[str], title: str
-           ) -> plt.Figure:
-    """Error against cost, log-log; Pareto points filled and joined; the floor as a band."""
+def figure(points: Mapping[str, Mapping[str, Any]], front: Sequence[str], title: str,
+           bound: float) -> plt.Figure:
+    """Error against cost, log-log; Pareto points filled and joined; the floor as a band,
+    the bound as a dashed line."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    diverged = [label for label, p in points.items() if p["error"] is None]
+    points = {label: p for label, p in points.items() if p["error"] is not None}
     floor = max(p["floor"] for p in points.values())
     ax.axhspan(1e-3, floor, color="0.9", label=f"sampling floor ({floor:.3f})")
+    ax.axhline(bound, color="0.4", linestyle="--", lw=0.8, label=f"bound ({bound:.3f})")
     families = sorted({label.split(":")[0] if baselines.is_baseline(label) else "learned"
                        for label in points})
     markers = dict(zip(families, "osD^v<>ph*"))
@@ -131,6 +163,8 @@ def figure(points: Mapping[str, Mapping[str, Any]], front: Sequence[str], title:
     ax.set_ylim(0.5 * min(min(errors), floor), 1.5 * max(errors))
     ax.set_xlabel("cost (us per trajectory per saved step)")
     ax.set_ylabel("climate error: max |A_pred - A_true| of Delta_rho, Delta_Q")
+    if diverged:
+        title += f"\nnot shown, every trajectory diverged: {', '.join(diverged)}"
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(True, which="both", alpha=0.3)
@@ -154,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cost_batch", type=int, default=128)
     parser.add_argument("--cost_steps", type=int, default=100)
     parser.add_argument("--cost_repeats", type=int, default=3)
+    parser.add_argument("--bound", type=float, default=None,
+                        help="the climate error a model must meet (default: the test set's "
+                             "sampling floor + 0.015)")
     parser.add_argument("--overwrite", action="store_true",
                         help="evaluate again even where metrics.json exists")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -179,17 +216,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         points[name] = grouped([measured(path, out / name / label)
                                 for label, path in zip(comparison.labels(members), members)])
     front = pareto(points)
+    bound = args.bound if args.bound is not None else \
+        max(p["floor"] for p in points.values()) + 0.015
     meta = records.read_meta(args.data)
     run, machine = runs[0]["run"], runs[0]["cost"]
     result = {"data": args.data, "L": meta["L"], "n_trajectories": run["n_trajectories"],
-              "steps": run["steps"], "machine": machine, "points": points, "pareto": front}
+              "steps": run["steps"], "machine": machine, "points": points, "pareto": front,
+              "bound": bound, "cheapest_within_bound": cheapest(points, bound)}
     records.write_json(out / "frontier.json", result)
-    records.atomic_write_bytes(out / "frontier.md", table(points, front).encode())
+    records.atomic_write_bytes(out / "frontier.md", table(points, front, bound).encode())
     title = (f"{Path(args.data).name}: L = {meta['L']}, {run['n_trajectories']} trajectories "
              f"of {run['steps']} steps; {machine['cpu']}, {machine['intra_op_threads']} "
              f"threads, batch {machine['batch']}")
-    save_figure(figure(points, front, title), out / "frontier.png")
-    print(table(points, front))
+    save_figure(figure(points, front, title, bound), out / "frontier.png")
+    print(table(points, front, bound))
+    print(f"cheapest within {bound:.3f}: {result['cheapest_within_bound']}")
     return result
 
 

@@ -3,6 +3,7 @@ nothing points outside the repository."""
 import importlib.util
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -268,6 +269,11 @@ def test_frontier_evaluates_prices_and_resumes(monkeypatch, smoke_dataset, tmp_p
     assert low <= points["rk4"]["error"] <= high
     assert all(p["cost"] > 0 for p in points.values())
     assert set(out["pareto"]) <= set(points) and out["pareto"]
+    cheapest = out["cheapest_within_bound"]
+    if cheapest is not None:
+        assert points[cheapest]["error"] <= out["bound"]
+        assert all(p["cost"] >= points[cheapest]["cost"] for p in points.values()
+                   if p["error"] is not None and p["error"] <= out["bound"])
     rows = (tmp_path / "frontier.md").read_text().splitlines()[2:]
     costs = [float(row.split("|")[3].replace(",", "")) for row in rows]
     assert costs == sorted(costs) and len(rows) == 3
@@ -275,3 +281,14 @@ def test_frontier_evaluates_prices_and_resumes(monkeypatch, smoke_dataset, tmp_p
     stamp = (tmp_path / "exact" / "metrics.json").stat().st_mtime_ns
     assert frontier.main(args)["points"] == points  # resumed from the stored evaluations
     assert (tmp_path / "exact" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_shipped_keras_model_loads_after_importing_the_package():
+    """`import tf_holstein` registers the Keras classes that a `.keras` file names."""
+    code = ("import keras, tf_holstein; "
+            "m = keras.saving.load_model('saved_models/shallow_L16/model.keras'); "
+            "print(type(m).__name__)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("HolsteinCNN")

@@ -168,8 +168,10 @@ def test_known_perturbations_score_what_numpy_says(truth, smoke_dataset, smoke_m
     stagger = np.where(np.arange(smoke_meta["L"]) % 2 == 0, -1.0, 1.0)
     moved = (truth["Q"] + b * stagger).astype(np.float32)
     path = truth_file(tmp_path / "states.npz", truth, Q=moved)
-    with pytest.raises(ValueError, match="step 0 of trajectory 0 differs from its initial "
-                                         "state in the split \\(Q by 0.02"):
+    with pytest.raises(ValueError, match="row 0 \\(index 0\\) does not start at trajectory "
+                                         "0's initial state in the split \\(Q differs by "
+                                         "0.02.*steps \\+ 1 entries, entry 0 being the "
+                                         "initial state"):
         evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "s",
                                         progress=False)
     moved[:, 0] = truth["Q"][:, 0]

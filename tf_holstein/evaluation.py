@@ -266,10 +266,13 @@ def _check_start(predictions: Mapping[str, np.ndarray], rows: np.ndarray,
             difference = np.abs(predictions[key][rows, 0] - value).reshape(len(rows), -1)
         wrong = np.flatnonzero(~(difference.max(axis=1) <= tolerance))  # NaN is wrong too
         if wrong.size:
-            raise ValueError(f"{source}: step 0 of trajectory {index[wrong[0]]} differs from "
-                             f"its initial state in the split ({key} by "
-                             f"{difference[wrong[0]].max():.3g}): were the predictions made "
-                             f"from another split, dataset or start step?")
+            first = wrong[0]
+            raise ValueError(
+                f"{source}: row {rows[first]} (index {index[first]}) does not start at "
+                f"trajectory {index[first]}'s initial state in the split ({key} differs by "
+                f"{difference[first].max():.3g}): each array holds steps + 1 entries, entry 0 "
+                f"being the initial state; were the predictions made from another split, "
+                f"dataset or start step?")
 
 
 def to_json(obj: Any) -> Any:
