@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,6 +391,9 @@ def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
     assert evaluation.resolve_model_path(export_dir / "model.keras") == export_dir / "model.keras"
     assert evaluation.default_out_dir(export_dir / "saved_model", "val") == export_dir / "eval-val"
     assert evaluation.default_out_dir(identity_run, "test") == identity_run / "eval-test"
+    # A shipped model's folder is itself a SavedModel: its results go inside it.
+    shipped = Path("saved_models/shallow_L16")
+    assert evaluation.default_out_dir(shipped, "test") == shipped / "eval-test"
 
 
 def test_command_line(identity_run, smoke_dataset, tmp_path):
@@ -404,10 +408,16 @@ def test_command_line(identity_run, smoke_dataset, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["run"]["snapshot_steps"] == [0, 3]
     assert len(saved["per_step"]["rmse"]["rho"]) == 6
-    failed = subprocess.run(
-        [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",
-         str(smoke_dataset), "--steps", "99", "--out", str(tmp_path), "--progress=false"],
-        capture_output=True, text=True, timeout=300)
+    again = [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run),
+             "--data", str(smoke_dataset), "--steps", "99", "--out", str(tmp_path),
+             "--progress=false"]
+    failed = subprocess.run(again, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0  # an earlier result is not replaced unasked
+    assert f"evaluate: error: {tmp_path / 'metrics.json'} exists: pass --overwrite" in \
+        failed.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text()) == saved
+    failed = subprocess.run([*again, "--overwrite"], capture_output=True, text=True,
+                            timeout=300)
     assert failed.returncode != 0
     assert "evaluate: error: steps must be in 1..12" in failed.stderr
 

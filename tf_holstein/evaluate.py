@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import cli, comparison, cost, evaluation, metrics, records, rollout
+from tf_holstein import baselines, cli, comparison, cost, evaluation, metrics, records, rollout
 from tf_holstein.cli import FLAGS
 
 # Flags that set how a model rolls out: they mean nothing for stored predictions.
@@ -53,10 +53,13 @@ def _define_flags() -> None:
     flags.DEFINE_string("split", "test", "split to evaluate on")
     flags.DEFINE_integer("n_traj", None, "evaluate the first N trajectories (default all)")
     flags.DEFINE_integer("steps", None, "rollout length (default the dataset's saved steps)")
-    flags.DEFINE_string("out", None, "output directory (default <model dir>/eval-<split>, "
-                        "or <predictions file>-eval-<split> beside it); with several models "
-                        "required: each model's results go to OUT/<name>, the comparison "
-                        "to OUT")
+    flags.DEFINE_string("out", None, "output directory (default eval-<split> inside the "
+                        "model's folder or workdir, beside a .keras file or an export's "
+                        "saved_model, or <predictions file>-eval-<split> beside it); with "
+                        "several models or a baseline required: each model's results go to "
+                        "OUT/<name>, the comparison to OUT")
+    flags.DEFINE_bool("overwrite", False, "replace an earlier evaluation's results in the "
+                      "output directory (without it, an existing metrics.json is refused)")
     flags.DEFINE_integer("eval_batch", rollout.BATCH_SIZE, "trajectories rolled out together")
     flags.DEFINE_integer("chunk", rollout.CHUNK, "steps per rollout call (bounds memory)")
     flags.DEFINE_integer("max_lag", metrics.MAX_LAG, "largest autocorrelation lag tau, in steps")
@@ -111,17 +114,26 @@ def main(argv: Sequence[str]) -> None:
                 noise_levels=[float(x) for x in FLAGS.noise_contraction or ()], **common)
 
         sources = FLAGS.predictions or FLAGS.model
+        default_out = evaluation.predictions_out_dir if FLAGS.predictions else \
+            evaluation.default_out_dir
+        if not FLAGS.out and not FLAGS.predictions and baselines.is_baseline(sources[0]):
+            raise ValueError(f"--model {sources[0]} has no directory to write into: pass --out")
+        if len(sources) > 1 and not FLAGS.out:
+            raise ValueError("several models are evaluated into <--out>/<name> and "
+                             "compared in --out: pass --out")
+        targets = [Path(FLAGS.out) / label for label in comparison.labels(sources)] \
+            if len(sources) > 1 else [Path(FLAGS.out or default_out(sources[0], FLAGS.split))]
+        existing = [str(t / "metrics.json") for t in targets if (t / "metrics.json").exists()]
+        if existing and not FLAGS.overwrite:
+            raise ValueError(f"{existing[0]} exists: pass --overwrite to replace it, or "
+                             f"another --out")
         if len(sources) > 1:
-            if not FLAGS.out:
-                raise ValueError("several models are evaluated into <--out>/<name> and "
-                                 "compared in --out: pass --out")
             compared = comparison.evaluate_several(evaluate_one, sources, FLAGS.out)
             printed = {name: {key: entry[key] for key in ("median", "min", "max")}
                        for name, entry in compared["metrics"].items()}
         else:
             printed = evaluation.headline(evaluate_one(sources[0], FLAGS.out))
-        out = FLAGS.out or (evaluation.predictions_out_dir if FLAGS.predictions
-                            else evaluation.default_out_dir)(sources[0], FLAGS.split)
+        out = FLAGS.out or default_out(sources[0], FLAGS.split)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
     except tf.errors.OpError as e:

@@ -300,12 +300,13 @@ def default_snapshot_steps(steps: int) -> list[int]:
 
 
 def default_out_dir(model_path: str | Path, split: str) -> Path:
-    """`<model dir>/eval-<split>`: beside a .keras file or a SavedModel directory, or inside
-    a training workdir or export directory."""
+    """`eval-<split>` in the model's own folder: inside a model directory (a shipped
+    SavedModel folder, a training workdir, an export directory), beside a `.keras` file or a
+    SavedModel directory named `saved_model` (an export's artefact)."""
     given = Path(model_path)
-    resolved = resolve_model_path(given)
-    parent = given if resolved != given else resolved.parent
-    return parent / f"eval-{split}"
+    if given.is_file() or given.name == "saved_model":
+        return given.parent / f"eval-{split}"
+    return given / f"eval-{split}"
 
 
 def predictions_out_dir(path: str | Path, split: str) -> Path:
