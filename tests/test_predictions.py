@@ -134,6 +134,32 @@ def test_the_truth_scores_zero_on_every_distance(truth, smoke_dataset, smoke_met
             result["summary"]["physics"]["truth"]
 
 
+def test_netcdf_predictions_score_as_their_npz(truth, smoke_dataset, tmp_path):
+    """A predictions file in the netCDF layout (HDF5 variables trajectory, Delta_rho,
+    Delta_Q, rho_real, rho_imag, Q, P; written here with h5py, as netCDF-4 stores them)
+    scores exactly as the same arrays in a .npz, reordered rows included."""
+    import h5py
+
+    order = np.arange(len(truth["index"]))[::-1]
+    delta_rho, delta_q = order_parameters(truth)
+    arrays = {"index": truth["index"][order], "Delta_rho": delta_rho[order],
+              "Delta_Q": delta_q[order], **{key: truth[key][order] for key in ("Q", "P")}}
+    np.savez(tmp_path / "p.npz", rho=truth["rho"][order], **arrays)
+    with h5py.File(tmp_path / "p.nc", "w") as f:
+        f["trajectory"] = arrays.pop("index")
+        f["rho_real"], f["rho_imag"] = truth["rho"][order].real, truth["rho"][order].imag
+        for key, value in arrays.items():
+            f[key] = value
+    results = [evaluation.evaluate_predictions(tmp_path / name, smoke_dataset,
+                                               out_dir=tmp_path / f"out-{name}", progress=False)
+               for name in ("p.npz", "p.nc")]
+    assert results[0]["summary"] == results[1]["summary"]
+    (tmp_path / "bad.nc").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="bad.nc is not a readable netCDF-4"):
+        evaluation.evaluate_predictions(tmp_path / "bad.nc", smoke_dataset,
+                                        out_dir=tmp_path / "bad", progress=False)
+
+
 def test_known_perturbations_score_what_numpy_says(truth, smoke_dataset, smoke_meta, tmp_path):
     """Delta_rho shifted by c, Delta_Q scaled by a (order parameters only); Q displaced by
     b s_i, the staggered pattern whose Delta_Q is exactly b (with states)."""

@@ -32,8 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_holstein import (baselines, climate, cost, climate_plots, diagnostics, export, metrics, models, physics,
-                         plots, records, rollout)
+from tf_holstein import (baselines, climate, climate_plots, cost, diagnostics, export, metrics,
+                         models, netcdf, physics, plots, records, rollout)
 
 SNAPSHOT_HORIZON = 48  # default snapshot steps span 0..48, as in the paper's Fig. 3
 SNAPSHOT_COUNT = 5
@@ -185,12 +185,17 @@ def read_predictions(path: str | Path) -> dict[str, np.ndarray]:
     """The rollouts in a predictions `.npz` as pipelines/batch_inference.py writes them:
     `index` int [N] (trajectory numbers of a split), `Delta_rho`, `Delta_Q` [N, steps+1] and
     optionally `rho` complex [N, steps+1, L, L], `Q`, `P` [N, steps+1, L], all three or none;
-    step 0 is the initial state. Non-finite values are allowed (a diverged rollout)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable .npz of arrays: {e}") from None
+    step 0 is the initial state; or the same as netCDF (`.nc`, `python -m tf_holstein.netcdf
+    --predictions`). Non-finite values are allowed (a diverged rollout)."""
+    if Path(path).suffix == ".nc":
+        arrays = netcdf.predictions_from_netcdf(path)
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} is not a readable .npz of arrays (or a .nc netCDF "
+                             f"file): {e}") from None
     missing = [key for key in ("index", *metrics.ORDER_PARAMETERS) if key not in arrays]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: a predictions file holds index, "

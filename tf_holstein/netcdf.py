@@ -177,6 +177,29 @@ def read_predictions(path: str | os.PathLike, meta: Mapping[str, Any], split: st
     return arrays, index
 
 
+def predictions_from_netcdf(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a predictions netCDF file (the schema above, source 'prediction') in the
+    layout of a predictions `.npz`: `index` (the trajectory coordinate), `Delta_rho`,
+    `Delta_Q` and, where stored, `rho` (from rho_real and rho_imag), `Q`, `P`. netCDF-4 is
+    HDF5, so h5py (which TensorFlow installs) reads it without the io extra."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            names = [name for name in ("trajectory", *ORDER_PARAMETERS, "Q", "P", "rho_real",
+                                       "rho_imag") if name in f]
+            arrays = {name: f[name][...] for name in names}
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable netCDF-4 (HDF5) file: {e}") from None
+    if "trajectory" not in arrays:
+        raise ValueError(f"{path} has no trajectory coordinate: expected a predictions file "
+                         f"written by python -m tf_holstein.netcdf --predictions")
+    arrays["index"] = arrays.pop("trajectory")
+    if "rho_real" in arrays and "rho_imag" in arrays:
+        arrays["rho"] = arrays.pop("rho_real") + 1j * arrays.pop("rho_imag")
+    return arrays
+
+
 def predictions_to_xarray(path: str | os.PathLike, dataset_dir: str | os.PathLike,
                           split: str = "test") -> Any:
     """A predictions `.npz` of trajectories of `split` of `dataset_dir` as an xarray.Dataset."""
