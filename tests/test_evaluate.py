@@ -540,3 +540,14 @@ def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth,
     with pytest.raises(ValueError, match=r"lyapunov_trajectories must be in 0\.\.2"):
         evaluation.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path,
                             lyapunov_trajectories=3, progress=False)
+
+
+def test_a_relaxing_series_can_have_an_autocorrelation_far_above_one():
+    """docs/evaluation.md: A(tau) takes the lagged product over the overlapping pairs but the
+    mean and variance over the whole series, so a non-stationary series leaves |A| <= 1: a
+    forecast that relaxes to a fixed nonzero value (a small variance, a large mean) scores
+    |A| of several, and two such scores may differ by more than 2."""
+    t = np.arange(200)
+    x = (0.3 + 0.05 * np.exp(-t / 20.0))[None, :]
+    A = metrics.autocorrelation(x, 60)
+    assert abs(A[0] - 1.0) < 1e-9 and np.abs(A).max() > 5
