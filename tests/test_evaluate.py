@@ -544,7 +544,7 @@ def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth,
 
 def test_a_relaxing_series_can_have_an_autocorrelation_far_above_one():
     """docs/evaluation.md: A(tau) takes the lagged product over the overlapping pairs but the
-    mean and variance over the whole series, so a non-stationary series leaves |A| <= 1: a
+    mean and variance over the whole series, so for a non-stationary series |A| can exceed 1: a
     forecast that relaxes to a fixed nonzero value (a small variance, a large mean) scores
     |A| of several, and two such scores may differ by more than 2."""
     t = np.arange(200)
