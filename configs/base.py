@@ -69,6 +69,12 @@ class DataConfig:
         return self
 
 
+# The valid values of the model's string fields.
+CHOICES = {"kind": ("cnn", "parc"), "embedding": ("diagonal", "broadcast", "coupling"),
+           "integrator_input": ("derivative", "state_and_derivative"),
+           "precision": ("float32", "mixed_bfloat16")}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Network architecture (docs/training.md): `cnn` (standard CNN) or `parc`."""
@@ -109,15 +115,11 @@ class ModelConfig:
     conserve_energy: bool = False
 
     def validate(self) -> "ModelConfig":
-        if self.kind not in ("cnn", "parc"):
-            raise ValueError(f"invalid model config: kind must be 'cnn' or 'parc', got "
-                             f"{self.kind!r}")
-        if self.embedding not in ("diagonal", "broadcast", "coupling"):
-            raise ValueError(f"invalid model config: embedding must be 'diagonal', "
-                             f"'broadcast' or 'coupling', got {self.embedding!r}")
-        if self.integrator_input not in ("derivative", "state_and_derivative"):
-            raise ValueError(f"invalid model config: integrator_input must be 'derivative' or "
-                             f"'state_and_derivative', got {self.integrator_input!r}")
+        for field, choices in CHOICES.items():
+            if getattr(self, field) not in choices:
+                raise ValueError(f"invalid model config: {field} must be one of "
+                                 f"{', '.join(map(repr, choices))}, got "
+                                 f"{getattr(self, field)!r}")
         if self.kind == "cnn" and self.integrator_input != "derivative":
             raise ValueError("invalid model config: integrator_input applies to PARC only "
                              "(kind='parc')")
@@ -125,9 +127,6 @@ class ModelConfig:
             raise ValueError(f"invalid model config: split_steps must be >= 0 and replaces "
                              f"propagate_rho (choose one), got split_steps={self.split_steps}, "
                              f"propagate_rho={self.propagate_rho}")
-        if self.precision not in ("float32", "mixed_bfloat16"):
-            raise ValueError(f"invalid model config: precision must be 'float32' or "
-                             f"'mixed_bfloat16', got {self.precision!r}")
         if self.channels < 1 or self.n_blocks < 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"invalid model config: need channels >= 1, n_blocks >= 0 and "
                              f"0 <= dropout < 1, got {self}")

@@ -100,7 +100,7 @@ def test_precision_is_validated():
         models.build_model("parc", "tiny", SCALES, precision="float16")
     for precision in layers.PRECISIONS:
         assert ModelConfig(precision=precision).validate().precision == precision
-    with pytest.raises(ValueError, match="precision must be 'float32' or 'mixed_bfloat16'"):
+    with pytest.raises(ValueError, match="precision must be one of 'float32', 'mixed_bfloat16'"):
         ModelConfig(precision="bfloat16").validate()
 
 

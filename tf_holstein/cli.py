@@ -7,6 +7,7 @@ imported together.
 """
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +15,7 @@ from typing import Sequence
 from absl import flags
 
 from tf_holstein.configs import PRESETS, Config, field_types, get_config
+from tf_holstein.configs.base import CHOICES
 
 FLAGS = flags.FLAGS
 _SECTIONS = field_types(next(iter(PRESETS.values())))
@@ -47,15 +49,77 @@ def config_from_flags(sections: Sequence[str] | None = None) -> Config:
     return get_config(FLAGS.config, **overrides)
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`, with a bad flag
-    reported in one line: an unknown one with the list of config fields."""
+# The config sections each command reads; a command not listed reads them all (train).
+COMMAND_SECTIONS = {"datagen": ("data",), "evaluate": (), "netcdf": ()}
+SHARED = ("config", "data_dir", "progress")
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+
+
+def _sections(command: str) -> tuple[str, ...]:
+    return COMMAND_SECTIONS.get(command, tuple(_SECTIONS))
+
+
+def _preset_name(argv: Sequence[str]) -> str:
+    """The --config given in argv (before parsing), else the flag's default."""
+    for k, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and k + 1 < len(argv):
+            return argv[k + 1]
+    return FLAGS["config"].default
+
+
+def _describe(flag: flags.Flag) -> str:
+    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+    return f"  --{flag.name}: {flag.help}{default}"
+
+
+def help_text(argv: Sequence[str]) -> str:
+    """The command's --help: its docstring, its own flags with their defaults, the shared
+    flags, and the config fields it reads, by section, with the chosen preset's values."""
     command = Path(argv[0]).stem
+    main = sys.modules.get("__main__")
+    lines = [(main.__doc__ or "").strip() if main else "", "", "flags of this command:"]
+    lines += [_describe(flag) for flag in sorted(FLAGS.get_flags_for_module(argv[0]),
+                                                   key=lambda flag: flag.name)]
+    lines += ["", "shared flags:"] + [_describe(FLAGS[name]) for name in SHARED]
+    sections = _sections(command)
+    if sections:
+        name = _preset_name(argv)
+        try:
+            preset = get_config(name)
+        except (KeyError, ValueError):
+            return "\n".join(lines + ["", f"unknown --config {name}; presets: "
+                                      f"{', '.join(sorted(PRESETS))}"])
+        lines += ["", f"config fields (each a flag; the values of --config {name}):"]
+        for section in sections:
+            values = getattr(preset, section)
+            lines.append(f"  {section}:")
+            for field in _SECTIONS[section]:
+                value = getattr(values, field)
+                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+                choices = f"  (one of {', '.join(CHOICES[field])})" if field in CHOICES else ""
+                lines.append(f"    --{field} = {shown}{choices}")
+    lines += ["", "--helpfull also lists absl's and TensorFlow's own flags."]
+    return "\n".join(lines)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`: `--help` prints
+    `help_text`, and a bad flag is reported in one line, an unknown one with the nearest of
+    this command's flags."""
+    command = Path(argv[0]).stem
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(help_text(argv))
+        sys.exit(0)
     try:
         return FLAGS(list(argv))
     except flags.UnrecognizedFlagError as e:
-        fields = sorted(field for fields in _SECTIONS.values() for field in fields)
-        sys.exit(f"{command}: error: unknown flag --{e.flagname}; the config fields are "
-                 f"--{', --'.join(fields)} (--help lists every flag)")
+        own = [flag.name for flag in FLAGS.get_flags_for_module(argv[0])]
+        fields = [field for section in _sections(command) for field in _SECTIONS[section]]
+        close = difflib.get_close_matches(e.flagname, [*own, *SHARED, *fields], n=3)
+        hint = f"; did you mean --{', --'.join(close)}?" if close else ""
+        sys.exit(f"{command}: error: unknown flag --{e.flagname}{hint} (--help lists this "
+                 f"command's flags)")
     except flags.Error as e:
         sys.exit(f"{command}: error: {e}")

@@ -1,0 +1,46 @@
+"""Every command's --help lists its own flags, and a mistyped flag is answered with the
+nearest of that command's flags."""
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_train_help_lists_its_flags_and_the_presets_config_fields():
+    out = run("tf_holstein.train", "--config", "deep_L32", "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "--resume: continue the run" in text and "--workdir" in text
+    assert "the values of --config deep_L32" in text
+    assert "    --split_steps = 2" in text and "    --L = 32" in text
+    assert "    --kind = parc  (one of cnn, parc)" in text
+    assert "    --stages = 3:1:0:500,3:2:0.004:500" in text
+    for section in ("  data:", "  model:", "  train:"):
+        assert section in text
+
+
+@pytest.mark.parametrize("command, own, absent", [
+    ("tf_holstein.evaluate", "--cost_batch", "--lr = "),
+    ("tf_holstein.datagen", "--workers", "--lr = "),
+])
+def test_other_commands_list_their_own_flags(command, own, absent):
+    out = run(command, "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"  {own}: " in out.stdout and absent not in out.stdout
+
+
+@pytest.mark.parametrize("command, typo, suggestion", [
+    ("tf_holstein.evaluate", "--splt=val", "--split"),
+    ("tf_holstein.train", "--weight_decy=1", "--weight_decay"),
+    ("tf_holstein.train", "--chanels=8", "--channels"),
+])
+def test_a_mistyped_flag_names_the_nearest_flag_of_that_command(command, typo, suggestion):
+    out = run(command, typo)
+    assert out.returncode != 0
+    name = typo.split("=")[0]
+    assert f"unknown flag {name}; did you mean {suggestion}" in out.stderr, out.stderr[-500:]
