@@ -51,3 +51,27 @@ def test_pytorch_models_have_our_weight_shapes(kind):
     state = bench.random_states((2,), seed=0)
     states, _ = theirs.eval().rollout({k: torch.from_numpy(v) for k, v in state.items()}, 1)
     np.testing.assert_array_equal(states["Q"][:, 0].detach().numpy(), state["Q"])
+
+
+def test_cost_against_size_prices_models_and_baselines_at_every_size(tmp_path):
+    """benchmarks/cost.py at two tiny sizes: a baseline and a shipped model (run at a size
+    it was not trained at) priced at each, the batch lowered where it would exceed
+    --max_entries, the table and figure written."""
+    import json
+    import subprocess
+
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "cost.py"), "--config", "smoke_deep", "--sizes",
+         "8,16", "--model", "rk4:0.04", "--model", "saved_models/deep_L32_cnn", "--steps",
+         "1", "--repeats", "1", "--batch", "16", "--max_entries", "2048", "--out",
+         str(tmp_path)], capture_output=True, text=True, timeout=600,
+        cwd=BENCHMARKS.parent)
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = json.loads((tmp_path / "cost_vs_L.json").read_text())["measurements"]
+    assert [(m["model"], m["L"], m["batch"]) for m in measured] == [
+        ("rk4:0.04", 8, 16), ("saved_models/deep_L32_cnn", 8, 16),
+        ("rk4:0.04", 16, 8), ("saved_models/deep_L32_cnn", 16, 8)]  # 2048 / 16^2 = 8
+    assert all(m["us_per_trajectory_step"] > 0 for m in measured)
+    rows = (tmp_path / "cost_vs_L.md").read_text().splitlines()
+    assert rows[0] == "| model | L = 8 | L = 16 |" and len(rows) == 4
+    assert (tmp_path / "cost_vs_L.png").stat().st_size > 0
