@@ -1,6 +1,7 @@
 """Dataset generation: protocol semantics, determinism, resume, scale-out, refusals."""
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert shard_bytes(dataset) == shard_bytes(tmp_path / "clean" / "smoke")
     assert len(shard_bytes(dataset)) == 8 and (dataset / records.META_FILE).exists()
     assert not list(dataset.glob(".*.tmp")), "the rerun removes the killed run's temporaries"
+    assert not list(dataset.glob(".*.lock")), "and the lock of the shard it was writing"
 
 
 def copy_dataset(source, target):
@@ -145,6 +147,44 @@ def test_a_shard_cut_at_a_record_boundary_is_regenerated(smoke_dataset, tmp_path
         records.load_split(dataset, "train")
     datagen.generate(SMOKE, tmp_path, progress=False)
     assert shard_bytes(dataset) == shard_bytes(smoke_dataset)
+
+
+def test_verify_regenerates_a_shard_whose_records_fail_their_crc(smoke_dataset, tmp_path,
+                                                                 caplog):
+    """A flipped byte inside a record keeps the length headers whole: readers refuse the
+    shard by its CRC, a plain rerun counts it as written, a rerun with verify names and
+    rewrites it."""
+    dataset = copy_dataset(smoke_dataset, tmp_path / SMOKE.dataset_name)
+    shard = dataset / records.shard_name("train", 1, 2)
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0x01  # inside the first record's data
+    shard.write_bytes(bytes(data))
+    assert records.count_records(shard) == 2
+    with pytest.raises(IOError, match=r"corrupt or truncated TFRecord shard .*train-00001"):
+        records.load_split(dataset, "train")
+    datagen.generate(SMOKE, tmp_path, progress=False, verify=True)
+    assert shard_bytes(dataset) == shard_bytes(smoke_dataset)
+    assert re.search(r"regenerating train-00001-of-00002.tfrecord: corrupt TFRecord shard "
+                     r".*train-00001-of-00002.tfrecord", caplog.text), caplog.text
+    assert not list(dataset.glob(".*.lock")) and not list(dataset.glob(".*.tmp"))
+
+
+def test_two_processes_on_one_dataset_write_each_shard_once(smoke_dataset, tmp_path):
+    """Two datagen commands on the same dataset at once (a rerun beside a run, two tasks of
+    one index) share the shards through their locks: each is written once, and both end with
+    the complete dataset."""
+    args = ["--config", "smoke", "--data_dir", str(tmp_path), "--verbosity", "0"]
+    processes = [run_datagen(*args) for _ in range(2)]
+    outputs = [process.communicate() for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    written = [name for _, stderr in outputs for name in re.findall(r"wrote (\S+)", stderr)]
+    dataset = tmp_path / SMOKE.dataset_name
+    assert sorted(written) == sorted(shard_bytes(smoke_dataset)), written
+    assert shard_bytes(dataset) == shard_bytes(smoke_dataset)
+    assert (dataset / records.META_FILE).read_bytes() == \
+        (smoke_dataset / records.META_FILE).read_bytes()
+    assert not list(dataset.glob(".*.lock")) and not list(dataset.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("overrides", [{"dt": 2.0}, {"g_f": 1e6}])

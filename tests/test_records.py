@@ -1,6 +1,9 @@
 """TFRecord schema: bit-exact round trips, atomic writes, errors that name the file."""
+import errno
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +157,50 @@ def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path):
     assert sorted(p.name for p in removed) == sorted(
         Path(names[key]).name for key in ("stale_file", "stale_dir"))
     assert Path(names["live"]).exists() and Path(names["other_host"]).exists()
+
+
+def test_a_lock_is_exclusive_and_names_its_holder(tmp_path):
+    path = tmp_path / ".shard.lock"
+    first, second = records.FileLock(path), records.FileLock(path)
+    assert first.acquire() and not second.acquire()
+    host = socket.gethostname().replace(".", "-")
+    assert second.holder() == f"process {os.getpid()} on host {host}"
+    first.release()
+    assert second.acquire()
+    second.release(remove=True)
+    assert not path.exists()
+
+
+def test_a_full_disk_while_writing_weights_is_one_line_naming_the_file(tmp_path):
+    """HDF5 words a failed write as a page of detail; the error keeps the system's reason
+    and names the file, and no temporary stays. (A file-size limit stands in for the full
+    disk: the kernel fails the write the same way.)"""
+    path = tmp_path / "best.weights.h5"
+    script = ("import sys, keras\n"
+              "from tf_holstein import records\n"
+              "model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512)])\n"
+              "try:\n"
+              "    records.write_atomically(sys.argv[1], model.save_weights, '.tmp.weights.h5')\n"
+              "except IOError as e:\n"
+              "    print(e)\n")
+
+    def limit():  # 16 KiB, an eighth of the weights
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                            text=True, preexec_fn=limit,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.stdout == (f"cannot write {path}: {os.strerror(errno.EFBIG)} (files already "
+                             f"written are intact: free space and rerun the same command)\n"), \
+        result.stderr[-3000:]
+    assert not list(tmp_path.iterdir())
+
+
+def test_create_json_writes_only_the_first(tmp_path):
+    """Of two processes starting a dataset directory, the second finds the first's protocol
+    and compares with it instead of replacing it."""
+    path = tmp_path / "protocol.json"
+    assert records.create_json(path, {"seed": 0})
+    assert not records.create_json(path, {"seed": 5})
+    assert json.loads(path.read_text()) == {"seed": 0}
+    assert [p.name for p in tmp_path.iterdir()] == ["protocol.json"]

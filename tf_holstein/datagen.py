@@ -132,7 +132,11 @@ def prepare_dataset_dir(config: DataConfig, data_dir: str | os.PathLike) -> Path
     dataset_dir = Path(data_dir) / config.dataset_name
     protocol = {"schema_version": records.SCHEMA_VERSION, "config": dataclasses.asdict(config)}
     path = dataset_dir / PROTOCOL_FILE
-    if path.exists():
+    if not path.exists():
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+    # Created only if absent: of two processes starting the directory at once with different
+    # protocols, the second is refused rather than mixing its shards in.
+    if not records.create_json(path, protocol):
         existing = json.loads(path.read_text())
         if existing != protocol:
             old = existing.get("config", {})
@@ -144,9 +148,6 @@ def prepare_dataset_dir(config: DataConfig, data_dir: str | os.PathLike) -> Path
                 f"{dataset_dir} already holds a dataset made with different parameters "
                 f"({'; '.join(diffs)}). Nothing was written: choose another --data_dir or "
                 f"--name, or delete that directory to regenerate it.")
-    else:
-        dataset_dir.mkdir(parents=True, exist_ok=True)
-        records.write_json(path, protocol)
     return dataset_dir
 
 
@@ -156,18 +157,65 @@ def missing_jobs(config: DataConfig, dataset_dir: Path) -> list[ShardJob]:
     return [job for job in plan_shards(config) if not _written(dataset_dir, job)]
 
 
-def _written(dataset_dir: Path, job: ShardJob) -> bool:
+def _shard_problem(dataset_dir: Path, job: ShardJob, verify: bool = False) -> str | None:
+    """Why the job's shard must be (re)written, or None when it is in place and holds its
+    trajectories: by the records' length headers or, with `verify`, by reading every record
+    and checking its CRCs."""
     path = dataset_dir / job.filename
     if not path.exists():
-        return False
+        return "missing"
     try:
-        whole = records.count_records(path) == job.stop - job.start
-    except IOError:
-        whole = False
-    if not whole:
-        logging.warning("%s does not hold its %d trajectories: regenerating it", path,
-                        job.stop - job.start)
-    return whole
+        if verify:
+            records.verify_shard(path, job.stop - job.start)
+        else:
+            records.check_record_count(path, job.stop - job.start)
+    except IOError as e:
+        return str(e)
+    return None
+
+
+def _written(dataset_dir: Path, job: ShardJob, verify: bool = False) -> bool:
+    return _shard_problem(dataset_dir, job, verify) is None
+
+
+def _to_write(dataset_dir: Path, job: ShardJob, verify: bool) -> bool:
+    """Whether the job's shard must be written; a damaged one is named in a warning."""
+    problem = _shard_problem(dataset_dir, job, verify)
+    if problem not in (None, "missing"):
+        logging.warning("regenerating %s: %s", job.filename, problem)
+    return problem is not None
+
+
+def _lock_name(shard_filename: str) -> str:
+    return f".{shard_filename}.lock"
+
+
+def claim_and_write(config: DataConfig, job: ShardJob, dataset_dir: Path, *, wait: bool,
+                    verify: bool = False, on_steps: Callable[[int], None] | None = None
+                    ) -> str:
+    """Writes the job's shard under its lock unless it is whole by then, so that processes
+    sharing the dataset (tasks, a rerun beside a run) write each shard once.
+
+    Returns "written", "present" or, if another process holds the lock and not `wait`,
+    "busy"; with `wait` it waits for that process and then writes the shard only if the
+    other left it unwritten (killed, say).
+    """
+    lock = records.FileLock(dataset_dir / _lock_name(job.filename))
+    if not lock.acquire():
+        if not wait:
+            return "busy"
+        logging.info("waiting for %s, which writes %s", lock.holder(), job.filename)
+        lock.acquire(wait=True)
+    try:
+        outcome = "present" if _written(dataset_dir, job, verify) else "written"
+        if outcome == "written":
+            write_shard_job(config, job, dataset_dir, on_steps)
+            logging.info("wrote %s", job.filename)
+    except BaseException:
+        lock.release()
+        raise
+    lock.release(remove=True)  # the shard is whole: whoever takes a stale copy skips it
+    return outcome
 
 
 def merge(config: DataConfig, dataset_dir: str | os.PathLike) -> dict[str, Any]:
@@ -247,17 +295,22 @@ def _worker_init(threads: int, events: "multiprocessing.Queue[Any]") -> None:
 _EVENTS: "multiprocessing.Queue[Any] | None" = None
 
 
-def _worker_job(config: DataConfig, job: ShardJob, dataset_dir: str) -> ShardJob:
+def _worker_job(config: DataConfig, job: ShardJob, dataset_dir: str, wait: bool,
+                verify: bool) -> tuple[ShardJob, str]:
     n = job.stop - job.start
-    write_shard_job(config, job, Path(dataset_dir), lambda steps: _EVENTS.put(steps * n))
-    return job
+    return job, claim_and_write(config, job, Path(dataset_dir), wait=wait, verify=verify,
+                                on_steps=lambda steps: _EVENTS.put(steps * n))
 
 
 def generate(config: DataConfig, data_dir: str | os.PathLike, *, num_tasks: int = 1,
-             task_index: int = 0, workers: int = 1, progress: bool = True) -> Path:
+             task_index: int = 0, workers: int = 1, progress: bool = True,
+             verify: bool = False) -> Path:
     """Writes this task's missing shards, and meta.json if the dataset is then complete.
 
-    Returns the dataset directory. Idempotent: completed shards are not redone.
+    Returns the dataset directory. Idempotent: completed shards are not redone; with
+    `verify` every existing shard of the task is read whole and one whose records fail
+    their CRCs is rewritten. Shards that another process is writing are left to it first,
+    then waited for.
     """
     config.validate()
     unbounded = [f"{name}={getattr(config, name)!r}" for name in ("dt", "g_i", "g_f", "noise")
@@ -272,16 +325,12 @@ def generate(config: DataConfig, data_dir: str | os.PathLike, *, num_tasks: int 
     dataset_dir = prepare_dataset_dir(config, data_dir)
     records.remove_stale_temporaries(dataset_dir)
     jobs = [job for k, job in enumerate(plan_shards(config))
-            if k % num_tasks == task_index and not _written(dataset_dir, job)]
+            if k % num_tasks == task_index and _to_write(dataset_dir, job, verify)]
     bar = _Progress(jobs, config, progress)
     try:
-        if workers == 1:
-            for job in jobs:
-                n = job.stop - job.start
-                write_shard_job(config, job, dataset_dir, lambda steps: bar.steps(steps * n))
-                bar.shard_done(job)
-        else:
-            _run_pool(config, jobs, dataset_dir, workers, bar)
+        run_jobs = _run_here if workers == 1 else _run_pool
+        busy = run_jobs(config, jobs, dataset_dir, workers, bar, wait=False, verify=verify)
+        run_jobs(config, busy, dataset_dir, workers, bar, wait=True, verify=verify)
     finally:
         bar.close()
     if not (dataset_dir / records.META_FILE).exists() and not missing_jobs(config, dataset_dir):
@@ -289,30 +338,57 @@ def generate(config: DataConfig, data_dir: str | os.PathLike, *, num_tasks: int 
     return dataset_dir
 
 
+def _run_here(config: DataConfig, jobs: Sequence[ShardJob], dataset_dir: Path, workers: int,
+              bar: _Progress, *, wait: bool, verify: bool) -> list[ShardJob]:
+    """Runs shards in this process (`claim_and_write`); returns those another one holds."""
+    busy = []
+    for job in jobs:
+        n = job.stop - job.start
+        outcome = claim_and_write(config, job, dataset_dir, wait=wait, verify=verify,
+                                  on_steps=lambda steps: bar.steps(steps * n))
+        if outcome == "busy":
+            busy.append(job)
+        else:
+            bar.shard_done(job)
+    return busy
+
+
 def _run_pool(config: DataConfig, jobs: Sequence[ShardJob], dataset_dir: Path, workers: int,
-              bar: _Progress) -> None:
-    """Runs shards in `workers` spawned processes sharing the cores, relaying progress."""
+              bar: _Progress, *, wait: bool, verify: bool) -> list[ShardJob]:
+    """Runs shards in `workers` spawned processes sharing the cores, relaying progress;
+    returns those another process holds."""
+    if not jobs:
+        return []
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
+    busy = []
     with context.Pool(workers, _worker_init, (threads, events)) as pool:
-        pending = [pool.apply_async(_worker_job, (config, job, str(dataset_dir))) for job in jobs]
+        pending = [pool.apply_async(_worker_job, (config, job, str(dataset_dir), wait, verify))
+                   for job in jobs]
         while pending:
             try:
                 bar.steps(events.get(timeout=0.2))
             except queue.Empty:
                 pass
             for result in [r for r in pending if r.ready()]:
-                bar.shard_done(result.get())
+                job, outcome = result.get()
+                if outcome == "busy":
+                    busy.append(job)
+                else:
+                    bar.shard_done(job)
                 pending.remove(result)
         while not events.empty():
             bar.steps(events.get())
+    return busy
 
 
 flags.DEFINE_integer("num_tasks", 1, "number of tasks (processes or machines) sharing the shards")
 flags.DEFINE_integer("task_index", 0, "this task's index in [0, num_tasks)")
 flags.DEFINE_integer("workers", 1, "local worker processes (one per core is fastest)")
 flags.DEFINE_bool("merge", False, "only write meta.json of a dataset whose shards all exist")
+flags.DEFINE_bool("verify", False, "read every existing shard whole, checking its records' "
+                  "CRCs, and rewrite a damaged one")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -327,7 +403,7 @@ def main(argv: Sequence[str]) -> None:
         else:
             dataset_dir = generate(config, FLAGS.data_dir, num_tasks=FLAGS.num_tasks,
                                    task_index=FLAGS.task_index, workers=FLAGS.workers,
-                                   progress=FLAGS.progress)
+                                   progress=FLAGS.progress, verify=FLAGS.verify)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"datagen: error: {e}")
     state = "complete" if (dataset_dir / records.META_FILE).exists() else "incomplete"

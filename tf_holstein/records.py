@@ -16,6 +16,7 @@ A dataset directory holds `{train,val,test}-NNNNN-of-MMMMM.tfrecord` and
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -48,6 +49,7 @@ _FEATURES = {**{key: tf.io.FixedLenFeature([], tf.string) for key in ARRAY_DTYPE
 _SHARD_PATTERN = re.compile(r"^(train|val|test)-(\d{5})-of-(\d{5})\.tfrecord$")
 # temporary_prefix's owner, followed by a random part or `tmp`.
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^.]+)\.(?:\w+\.)?tmp(?:\.|$)")
+_ERRNO = re.compile(r"errno = (\d+)|\[Errno (\d+)\]")  # as HDF5 and Python word it
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -121,6 +123,17 @@ def check_record_count(path: str | os.PathLike, expected: int) -> None:
                       f"regenerate it)")
 
 
+def verify_shard(path: str | os.PathLike, expected: int) -> None:
+    """IOError naming the shard unless it holds `expected` records whose CRCs all check:
+    reads the whole file, as a reader would, so a flipped byte anywhere is found."""
+    check_record_count(path, expected)  # a cut record is named without reading the rest
+    try:
+        tf.data.TFRecordDataset(str(path)).reduce(0, lambda count, _: count + 1)
+    except tf.errors.DataLossError as e:
+        raise IOError(f"corrupt TFRecord shard {path}: {error_text(e)} (rerun the datagen "
+                      f"command with --verify to regenerate it)") from None
+
+
 def encode_trajectory(arrays: Mapping[str, np.ndarray], index: int, phase: int) -> bytes:
     """One trajectory (the keys of ARRAY_DTYPES, without a batch axis) as an Example."""
     feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[
@@ -183,6 +196,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class FileLock:
+    """An exclusive lock on `path` (flock), which holds its owner's `pid@host` for messages.
+
+    The kernel releases it when its holder exits, kill -9 included, so a dead process never
+    leaves it behind; on NFS, Linux takes it as a POSIX lock on the server.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._file: Any = None
+
+    def acquire(self, wait: bool = False) -> bool:
+        """Takes the lock (waiting for its holder with `wait`); False if another holds it."""
+        try:
+            file = open(self.path, "a+")
+        except OSError as e:
+            raise IOError(f"cannot create the lock {self.path}: {failure_reason(e)}") from None
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            file.close()
+            return False
+        try:
+            file.truncate(0)
+            file.write(f"{os.getpid()}@{_host()}\n")
+            file.flush()
+        except OSError:
+            pass  # the holder's name only serves messages: a full disk leaves the lock held
+        self._file = file
+        return True
+
+    def holder(self) -> str:
+        """Who holds the lock, as its file says: `process PID on host HOST`."""
+        try:
+            pid, _, host = self.path.read_text().strip().partition("@")
+        except OSError:
+            pid = host = ""
+        return f"process {pid} on host {host}" if pid and host else "another process"
+
+    def release(self, remove: bool = False) -> None:
+        """Releases the lock; with `remove` also deletes its file (only once what it guarded
+        is complete: a process that then takes a stale copy finds the work done)."""
+        if remove:
+            self.path.unlink(missing_ok=True)
+        self._file.close()
+        self._file = None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes a file under a temporary name in the same directory, then renames it."""
     def write(tmp: str) -> None:
@@ -222,14 +283,50 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None],
     try:
         write(tmp)
         os.replace(tmp, path)
-    except (OSError, tf.errors.OpError) as e:
+    except (OSError, RuntimeError, tf.errors.OpError) as e:  # HDF5 fails with RuntimeError
         Path(tmp).unlink(missing_ok=True)
-        reason = error_text(e) if isinstance(e, tf.errors.OpError) else e.strerror or str(e)
-        raise IOError(f"cannot write {path}: {reason} (files already written are intact: "
-                      f"free space and rerun the same command)") from None
+        raise IOError(f"cannot write {path}: {failure_reason(e)} (files already written are "
+                      f"intact: free space and rerun the same command)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def create_json(path: str | os.PathLike, obj: Any) -> bool:
+    """Writes `obj` as write_json does, but only if `path` does not exist yet, atomically (a
+    hard link of a complete temporary): False if it did, when that file stays as it was."""
+    path = Path(path)
+    if path.exists():
+        return False
+    tmp = path.parent / f"{temporary_prefix(path.name)}{os.urandom(4).hex()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise IOError(f"cannot write {path}: {failure_reason(e)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a write failed, in one line: the system's words for its errno when it carries one
+    (HDF5 wraps it in a page of detail, TensorFlow puts it after the file's name), else the
+    error's first line."""
+    code = getattr(error, "errno", None)
+    if not isinstance(code, int):
+        found = _ERRNO.search(str(error))
+        code = int(found[1] or found[2]) if found else None
+    if code:
+        return os.strerror(code)
+    if isinstance(error, tf.errors.OpError):  # `NAME; No space left on device`
+        return error_text(error).rpartition("; ")[2]
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
