@@ -27,16 +27,22 @@ Outputs (`--out`):
   * `.tfrecord`: one Example per trajectory with the same arrays (serialized tensors, as
     the dataset schema; `Delta_rho`, `Delta_Q` float32 [steps+1]) and `index`; streamed.
 With `--order_parameters_only` only `index`, `Delta_rho` and `Delta_Q` are computed
-(the `rollout_order_parameters` signature) and written. Files appear atomically.
+(the `rollout_order_parameters` signature) and written. Files appear atomically: the output
+is written to a hidden temporary beside it (`.NAME.PID@HOST.*.tmp`), opened before the
+rollout so that a missing, read-only or unwritable place fails at once, and renamed when
+complete; a full disk is reported naming the file, and the temporary of a killed run is
+removed by the next run on the same output.
 Delta_rho = (1/L) sum_i s_i Re rho_ii, Delta_Q = (1/L) sum_i s_i Q_i, s_i = -1 on even
 0-based sites and +1 on odd ones.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -57,6 +63,10 @@ COMPLEX_DTYPES = (np.complex64, np.complex128)
 
 class InputError(ValueError):
     """Input the pipeline refuses, with what is wrong and what was expected."""
+
+
+class OutputError(IOError):
+    """An output that cannot be written, with the path and the reason."""
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -352,23 +362,86 @@ def rollout_batches(model: Model, states: dict[str, np.ndarray], steps: int, bat
 
 
 # -- outputs ----------------------------------------------------------------------------------
-def _temporary(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
+def _host() -> str:
+    return socket.gethostname().replace(".", "-")  # no dots: the name stays parseable
 
 
-def write_npz(path: Path, batches: Iterator[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Collects every batch and writes one .npz atomically; returns the arrays."""
-    parts = list(batches)
-    arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    tmp = _temporary(path)
+def _temporary_prefix(path: Path) -> str:
+    """A temporary's name for `path` starts with this: hidden, naming its owner."""
+    return f".{path.name}.{os.getpid()}@{_host()}."
+
+
+def _alive(pid: int) -> bool:
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Removes the temporaries of `path` left by runs of this host that no longer run (killed,
+    say); those of live runs and of other hosts stay. Returns what it removed."""
+    owned = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)@([^.]+)\..*\.tmp$")
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        match = owned.match(candidate.name)
+        if match and match[2] == _host() and not _alive(int(match[1])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _reason(error: BaseException) -> str:
+    """Why a write failed, in one line: the system's words for its errno when it has one
+    (TensorFlow puts them after the file's name: `NAME; No space left on device`)."""
+    code = getattr(error, "errno", None)
+    if isinstance(code, int) and code:
+        return os.strerror(code)
+    if isinstance(error, tf.errors.OpError):
+        return error.message.splitlines()[0].rpartition("; ")[2].strip()
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turns a failed write (full disk, read-only, no permission) into an OutputError."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as e:
+        raise OutputError(f"cannot write {path}: {_reason(e)} (nothing was written under that "
+                          f"name)") from None
+
+
+@contextlib.contextmanager
+def temporary_output(path: Path) -> Iterator[Path]:
+    """A hidden temporary beside `path`, created at once (so that a place that cannot be
+    written fails before any work), renamed to `path` when the block completes and removed
+    if it fails."""
+    remove_stale_temporaries(path)
+    with _writing(path):
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path),
+                                    suffix=".tmp")
+        os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with _writing(path):
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_npz(tmp: Path, path: Path, batches: Iterator[dict[str, np.ndarray]]
+              ) -> dict[str, np.ndarray]:
+    """Collects every batch and writes one .npz to `tmp`, the temporary of `path`; returns
+    the arrays."""
+    parts = list(batches)
+    arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    with _writing(path), open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return arrays
 
 
@@ -377,27 +450,36 @@ def _bytes_feature(array: np.ndarray) -> tf.train.Feature:
         value=[tf.io.serialize_tensor(tf.constant(array)).numpy()]))
 
 
-def write_tfrecord(path: Path, batches: Iterator[dict[str, np.ndarray]]
+def _examples(batch: dict[str, np.ndarray]) -> Iterator[bytes]:
+    """One serialized Example per trajectory of a batch."""
+    for k in range(len(batch["index"])):
+        feature = {key: _bytes_feature(value[k]) for key, value in batch.items()
+                   if key != "index"}
+        feature["index"] = tf.train.Feature(
+            int64_list=tf.train.Int64List(value=[int(batch["index"][k])]))
+        yield tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_tfrecord(tmp: Path, path: Path, batches: Iterator[dict[str, np.ndarray]]
                    ) -> dict[str, np.ndarray]:
-    """Streams one Example per trajectory into a TFRecord file, renamed into place when
-    complete; returns the order parameters and indices (small) of what it wrote."""
+    """Streams one Example per trajectory into `tmp`, the temporary of `path`; returns the
+    order parameters and indices (small) of what it wrote."""
     kept: dict[str, list] = {"index": [], "Delta_rho": [], "Delta_Q": []}
-    tmp = _temporary(path)
+    with _writing(path):
+        writer = tf.io.TFRecordWriter(str(tmp))
     try:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for batch in batches:
-                for k in range(len(batch["index"])):
-                    feature = {key: _bytes_feature(value[k]) for key, value in batch.items()
-                               if key != "index"}
-                    feature["index"] = tf.train.Feature(
-                        int64_list=tf.train.Int64List(value=[int(batch["index"][k])]))
-                    writer.write(tf.train.Example(features=tf.train.Features(
-                        feature=feature)).SerializeToString())
-                for key in kept:
-                    kept[key].append(batch[key])
-        os.replace(tmp, path)
+        for batch in batches:  # the rollout: its errors are not the output's
+            examples = list(_examples(batch))
+            with _writing(path):
+                for example in examples:
+                    writer.write(example)
+            for key in kept:
+                kept[key].append(batch[key])
+        with _writing(path):
+            writer.close()
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(tf.errors.OpError):
+            writer.close()  # after a failure only frees the file: the temporary goes anyway
     return {key: np.concatenate(values) for key, values in kept.items()}
 
 
@@ -437,6 +519,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"--out {out}: must end in .npz or .tfrecord")
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give a file name")
     files = expand_inputs(args.input, args.split)
     if files[0].suffix == ".npz":
         if len(files) > 1:
@@ -449,12 +533,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = Model(args.model)
     states = validate_states(raw, model, source, args.allow_other_L)
     n = len(states["index"])
-    bar = Progress(n * args.steps, not args.no_progress)
-    tic = time.perf_counter()
-    batches = rollout_batches(model, states, args.steps, args.batch_size, args.chunk,
-                              args.order_parameters_only, bar.update)
-    written = (write_npz if out.suffix == ".npz" else write_tfrecord)(out, batches)
-    seconds = time.perf_counter() - tic
+    with temporary_output(out) as tmp:
+        bar = Progress(n * args.steps, not args.no_progress)
+        tic = time.perf_counter()
+        batches = rollout_batches(model, states, args.steps, args.batch_size, args.chunk,
+                                  args.order_parameters_only, bar.update)
+        written = (write_npz if out.suffix == ".npz" else write_tfrecord)(tmp, out, batches)
+        seconds = time.perf_counter() - tic
     finite = np.isfinite(written["Delta_rho"]) & np.isfinite(written["Delta_Q"])
     return {"out": str(out), "trajectories": n, "steps": args.steps,
             "L": int(states["Q"].shape[1]), "seconds": round(seconds, 3),
@@ -470,6 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         print(f"batch_inference: error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"batch_inference: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2))
     return 0
 

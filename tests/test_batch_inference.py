@@ -1,10 +1,16 @@
 """pipelines/batch_inference.py: equals the in-process rollout, refuses bad input clearly,
 reports diverging trajectories, and imports nothing but TensorFlow and NumPy."""
 import ast
+import errno
 import importlib.util
 import json
+import os
 import re
+import resource
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +265,87 @@ def test_diverging_trajectories_are_reported_not_crashed_on(smoke_meta, states, 
     Q = np.load(tmp_path / "out.npz")["Q"]
     assert np.isfinite(Q[:, 0]).all() and np.isinf(Q[:, 1]).all()
     assert not np.isfinite(Q[:, 2:]).any()
+
+
+def run_script(*argv, limit_file_size=None):
+    """The command in a process of its own; with `limit_file_size` no file it writes may grow
+    beyond that many bytes (the kernel then fails the write as a full disk would)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, resource.RLIM_INFINITY))
+
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, argv), "--no_progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=limit if limit_file_size else None,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".tfrecord"])
+def test_a_full_disk_is_one_line_naming_the_output(perturbed, states, tmp_path, suffix):
+    """Output that outgrows the space left (here a file-size limit, which the kernel enforces
+    like a full disk) fails in one line naming the file; nothing is left behind."""
+    _, saved_model = perturbed
+    source = save_npz(tmp_path / "initial.npz", **states)
+    out = tmp_path / "out" / f"pred{suffix}"
+    out.parent.mkdir()
+    process = run_script("--model", saved_model, "--input", source, "--steps", 100, "--out", out,
+                         limit_file_size=64 * 1024)  # the states take 2 x 101 x 512 bytes
+    _, err = process.communicate()
+    assert process.returncode == 1, err
+    assert [line for line in err.splitlines() if "batch_inference" in line] == [
+        f"batch_inference: error: cannot write {out}: {os.strerror(errno.EFBIG)} (nothing was "
+        f"written under that name)"], err  # one line beside TensorFlow's start-up notes
+    assert not list(out.parent.iterdir())
+
+
+def test_unwritable_or_missing_outputs_fail_before_the_rollout(perturbed, states, tmp_path,
+                                                               capsys, monkeypatch):
+    _, saved_model = perturbed
+    source = save_npz(tmp_path / "initial.npz", **states)
+    argv = ["--model", saved_model, "--input", source, "--steps", 2]
+    code, err = run_main(capsys, *argv, "--out", tmp_path / "absent" / "pred.npz")
+    assert code == 2 and f"directory {tmp_path / 'absent'} does not exist" in err, err
+    (tmp_path / "dir.npz").mkdir()
+    code, err = run_main(capsys, *argv, "--out", tmp_path / "dir.npz")
+    assert code == 2 and f"--out {tmp_path / 'dir.npz'} is a directory" in err, err
+
+    mkstemp = bi.tempfile.mkstemp
+
+    def read_only(dir, prefix, suffix):  # what the kernel answers in a read-only mount
+        if Path(dir) != tmp_path:
+            return mkstemp(dir=dir, prefix=prefix, suffix=suffix)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, prefix + suffix))
+
+    monkeypatch.setattr(bi.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(bi, "rollout_batches", lambda *args: pytest.fail("rolled out"))
+    code, err = run_main(capsys, *argv, "--out", tmp_path / "pred.npz")
+    assert (code, err) == (1, f"batch_inference: error: cannot write {tmp_path / 'pred.npz'}: "
+                              f"Read-only file system (nothing was written under that name)\n")
+
+
+def test_a_killed_runs_temporary_is_removed_by_the_next_run(perturbed, states, tmp_path, capsys):
+    """kill -9 leaves the hidden temporary of the output; the next run on that output removes
+    it (its owner is dead), and leaves a live run's alone."""
+    _, saved_model = perturbed
+    source = save_npz(tmp_path / "initial.npz", **states)
+    out = tmp_path / "pred.tfrecord"
+    killed = run_script("--model", saved_model, "--input", source, "--steps", 100_000,
+                        "--out", out)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".pred.tfrecord.*.tmp")) and time.time() < deadline \
+            and killed.poll() is None:
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    left = list(tmp_path.glob(".pred.tfrecord.*.tmp"))
+    assert len(left) == 1 and f".{killed.pid}@" in left[0].name, killed.stderr.read()
+    live = tmp_path / left[0].name.replace(f".{killed.pid}@", f".{os.getpid()}@")
+    live.write_bytes(b"another run's output in progress")
+    code, err = run_main(capsys, "--model", saved_model, "--input", source, "--steps", 2,
+                         "--out", out)
+    assert code == 0, err
+    assert sorted(tmp_path.glob(".pred.tfrecord.*.tmp")) == [live]
+    assert out.exists()
 
 
 def test_the_script_imports_only_the_standard_library_tensorflow_and_numpy():
