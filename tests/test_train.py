@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,31 +184,100 @@ def run_train(*args, env=None):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
 
-def checkpoint_weights(workdir):
+def checkpoint_values(workdir):
+    """Every value of the workdir's latest checkpoint but the bookkeeping: weights, optimizer
+    state, curriculum position, best score and the dropout's random state."""
     reader = tf.train.load_checkpoint(str(Path(workdir) / "checkpoints"))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name.startswith("model/")}
+            if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter",
+                                    "last_metrics"))}
+
+
+def h5_arrays(path):
+    """Every dataset of an HDF5 file (a weights file) by its path inside."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                     if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def kill_when(process, path, summary):
+    """Kills the training `process` with SIGKILL once `path` exists, before `summary`."""
+    deadline = time.time() + 300
+    while not path.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert path.exists(), process.stderr.read()[-3000:]
+    assert not summary.exists(), "killed too late"
+
+
+def without_timing(summary):
+    """A summary's metrics without what depends on the machine's speed (samples/s in
+    training, the rollout's cost in the test)."""
+    speeds = ("samples_per_sec", "cost_us_per_trajectory_step")
+    return {key: {k: v for k, v in summary[key].items() if k not in speeds}
+            if isinstance(summary[key], dict) else summary[key]
+            for key in ("final", "best", "test", "optimizer_steps")}
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(data_dir, tmp_path):
-    args = ["--config", "smoke", "--data_dir", str(data_dir)]
-    clean = run_train(*args, "--workdir", str(tmp_path / "clean"))
-    killed = run_train(*args, "--workdir", str(tmp_path / "killed"))
-    first = tmp_path / "killed" / "checkpoints" / "ckpt-1.index"
-    deadline = time.time() + 120
-    while not first.exists() and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.05)
-    os.kill(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert first.exists()
-    assert not (tmp_path / "killed" / "summary.json").exists(), "killed too late"
-    resumed = run_train(*args, "--workdir", str(tmp_path / "killed"), "--resume")
+    """Killed after its first checkpoint, and again during its export, a run with dropout
+    resumes to the same checkpoint, best model and summary as an uninterrupted run, bit for
+    bit: the checkpoint holds the dropout's random state and the last epoch's metrics."""
+    args = ["--config", "smoke", "--dropout", "0.2", "--data_dir", str(data_dir)]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    uninterrupted = run_train(*args, "--workdir", str(clean))
+    summary = killed / "summary.json"
+    kill_when(run_train(*args, "--workdir", str(killed)),
+              killed / "checkpoints" / "ckpt-1.index", summary)
+    kill_when(run_train(*args, "--workdir", str(killed), "--resume"), killed / "export",
+              summary)
+    resumed = run_train(*args, "--workdir", str(killed), "--resume")
     assert resumed.wait() == 0, resumed.stderr.read()
-    assert clean.wait() == 0, clean.stderr.read()
-    a, b = checkpoint_weights(tmp_path / "clean"), checkpoint_weights(tmp_path / "killed")
+    assert uninterrupted.wait() == 0, uninterrupted.stderr.read()
+    a, b = checkpoint_values(clean), checkpoint_values(killed)
+    assert a.keys() == b.keys() and any(name.startswith("random_state/") for name in a)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    a, b = (h5_arrays(run / "best.weights.h5") for run in (clean, killed))
     assert a.keys() == b.keys() and a
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    expected, found = (json.loads((run / "summary.json").read_text()) for run in (clean, killed))
+    assert "loss/total" in found["final"] and "val_loss/total" in found["final"]
+    assert without_timing(found) == without_timing(expected)
+    left = [*killed.glob(".*tmp*"), *(killed / "export").glob(".*tmp*")]
+    assert not left, "the resumed run removes what the killed ones left"
+
+
+def test_a_second_training_on_a_workdir_in_use_is_refused(data_dir, tmp_path):
+    """While one process trains in a workdir, another is refused, naming the lock and its
+    holder; the lock goes with its holder, kill -9 included."""
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from tf_holstein import train; held = train.hold_workdir(Path(sys.argv[1])); "
+         "held.__enter__(); "
+         "print('held', flush=True); time.sleep(300)", str(workdir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        lock = workdir / train.LOCK_FILE
+        message = (rf"{re.escape(str(workdir))} is in use by another training \(process "
+                   rf"{holder.pid} on host \S+ holds {re.escape(str(lock))}\): wait for it to "
+                   rf"finish")
+        with pytest.raises(RuntimeError, match=message):
+            train.run(SMOKE, data_dir, workdir, progress=False)
+        assert not (workdir / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with train.hold_workdir(workdir):
+        pass
 
 
 def free_ports(n):

@@ -36,6 +36,7 @@ from tf_holstein.schedules import StagedWarmupCosine
 flags.DEFINE_string("workdir", None, "run directory (default runs/<config>)")
 flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last checkpoint")
 
+LOCK_FILE = ".lock"  # held by the training running in a workdir (`hold_workdir`)
 NO_DECAY = ("bias", "gamma", "beta")  # AdamW: no weight decay on biases and LayerNorms
 LOG_EVERY = 50  # optimizer steps between TensorBoard scalar writes
 EPOCH_LOG_KEYS = ("loss/total", "val_loss/total", "val_rollout/Delta_rho_rmse_over_std",
@@ -83,6 +84,14 @@ def check_against_dataset(config: Config, meta: Mapping[str, Any]) -> None:
         raise ValueError("cannot train: " + "; ".join(problems))
 
 
+def random_states(model: keras.Model) -> list[keras.Variable]:
+    """The states of the model's random number generators (its dropout layers' seed
+    generators): what `model.variables` holds beyond the weights. Checkpointed, so that a
+    resumed run draws the dropout masks an uninterrupted one would."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
 def stage_epochs(stages: Sequence[Stage]) -> list[tuple[int, Stage]]:
     """(stage index, stage) for every epoch of the curriculum, in order."""
     return [(k, stage) for k, stage in enumerate(stages) for _ in range(stage.epochs)]
@@ -124,8 +133,14 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # epochs completed
             self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              epoch=self.epoch, best=self.best)
+        # The last epoch's metrics as JSON, for the summary of a run resumed after its
+        # training ended (killed during export, say). Outside the strategy: a string.
+        self.last_metrics = tf.Variable("{}", dtype=tf.string, trainable=False)
+        self._checkpointed = {"model": self.model, "optimizer": self.optimizer,
+                              "epoch": self.epoch, "best": self.best,
+                              "random_state": random_states(self.model),
+                              "last_metrics": self.last_metrics}
+        self.checkpoint = tf.train.Checkpoint(**self._checkpointed)
         directory = self.workdir / "checkpoints"
         if not self.is_chief:  # every worker saves; only the chief's copy is kept
             directory = self.workdir / "tmp" / f"worker-{_task_id(self.strategy)}"
@@ -141,11 +156,22 @@ class Trainer:
         return self.model.has_derivatives
 
     def restore(self) -> bool:
-        """Restores the latest checkpoint, if any; returns whether one was found."""
+        """Restores the latest checkpoint, if any; returns whether one was found. A checkpoint
+        of an earlier version, without the random state or the last metrics, restores the
+        rest (with a warning that dropout then draws other masks)."""
         latest = self.manager.latest_checkpoint
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return bool(latest)
+        if not latest:
+            return False
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(latest)}
+        missing = {name for name in ("random_state", "last_metrics") if name not in saved}
+        tf.train.Checkpoint(**{name: value for name, value in self._checkpointed.items()
+                               if name not in missing}
+                            ).restore(latest).assert_existing_objects_matched()
+        if "random_state" in missing and self.config.model.dropout > 0:
+            logging.warning("%s holds no random state of the dropout (written by an earlier "
+                            "version): the resumed run draws other dropout masks than an "
+                            "uninterrupted one", latest)
+        return True
 
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
@@ -310,7 +336,7 @@ class Trainer:
 
         bar = tqdm(total=train.total_steps, initial=int(self.optimizer.iterations.numpy()),
                    disable=not (progress and self.is_chief), unit=" steps", dynamic_ncols=True)
-        final: dict[str, Any] = {}
+        final: dict[str, Any] = json.loads(self.last_metrics.numpy())  # if none are left
         start_epoch = int(self.epoch.numpy())
         if start_epoch == 0 and train.select_by != "loss":
             # The starting model competes for best too (a split step, a warm start): the run
@@ -343,6 +369,7 @@ class Trainer:
                 # latest stage reached.
                 self.best.assign(math.inf)
             final = {**values, **self.validate(stage, writer, epochs_trained=epoch + 1)}
+            self.last_metrics.assign(json.dumps(final))
             self.epoch.assign(epoch + 1)
             self.manager.save(checkpoint_number=epoch + 1)
             if self.is_chief:  # one line per epoch for logs of unattended runs
@@ -438,6 +465,22 @@ def _with_new_defaults(saved: dict[str, Any], config: Config) -> dict[str, Any]:
     return saved
 
 
+@contextlib.contextmanager
+def hold_workdir(workdir: Path) -> Iterator[None]:
+    """Holds the workdir's lock (`.lock`) for a training's lifetime: a second training on
+    the same workdir is refused, naming the lock and its holder, instead of both writing
+    checkpoints and exports over each other."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = records.FileLock(workdir / LOCK_FILE)
+    if not lock.acquire():
+        raise RuntimeError(f"{workdir} is in use by another training ({lock.holder()} holds "
+                           f"{lock.path}): wait for it to finish, or choose another --workdir")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike, *,
         resume: bool = False, progress: bool = True,
         strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
@@ -452,47 +495,56 @@ def run(config: Config, data_dir: str | os.PathLike, workdir: str | os.PathLike,
     # The trainer checks the settings against the dataset before the workdir is made, so
     # that a corrected rerun starts cleanly; it writes nothing there itself.
     trainer = Trainer(config, dataset_dir, workdir, strategy)
-    if trainer.is_chief:
-        prepare_workdir(config, workdir, resume)
-    if trainer.restore() and not resume:
-        raise ValueError(f"{workdir} has checkpoints: pass --resume to continue")
-    tic = time.perf_counter()
-    final = trainer.fit(progress=progress)
-    timings["train_s"] = time.perf_counter() - tic
-    summary: dict[str, Any] = {}
-    if trainer.is_chief:
+    with contextlib.ExitStack() as stack:
+        if trainer.is_chief:
+            stack.enter_context(hold_workdir(workdir))
+            prepare_workdir(config, workdir, resume)
+        if trainer.restore() and not resume:
+            raise ValueError(f"{workdir} has checkpoints: pass --resume to continue")
         tic = time.perf_counter()
-        if (workdir / "best.weights.h5").exists():
-            trainer.model.load_weights(str(workdir / "best.weights.h5"))
-        export.export_model(trainer.model, workdir / "export",
-                            metadata=export.dataset_metadata(trainer.meta))
-        timings["export_s"] = time.perf_counter() - tic
-        tic = time.perf_counter()
-        evaluation = None
-        if trainer.meta["splits"]["test"]["num_trajectories"]:
-            # The experiment's last stage, downstream of training: training itself scores
-            # with metrics and rollout only.
-            from tf_holstein.evaluation import evaluate, headline
+        final = trainer.fit(progress=progress)
+        timings["train_s"] = time.perf_counter() - tic
+        return finish(trainer, dataset_dir, final, timings, progress) if trainer.is_chief \
+            else {}
 
-            evaluation = headline(evaluate(
-                workdir / "export", dataset_dir, split="test", out_dir=workdir / "eval-test",
-                progress=progress))
-        timings["evaluate_s"] = time.perf_counter() - tic
-        summary = {
-            "config": json.loads((workdir / "config.json").read_text()),
-            "dataset": str(dataset_dir),
-            "versions": {"tf_holstein": __import__("tf_holstein").__version__,
-                         "tensorflow": tf.__version__, "keras": keras.__version__,
-                         "numpy": np.__version__, "python": platform.python_version()},
-            "replicas": trainer.strategy.num_replicas_in_sync,
-            "optimizer_steps": int(trainer.optimizer.iterations.numpy()),
-            "timings": timings,
-            "final": final,
-            "test": evaluation,
-            "best": json.loads((workdir / "best.json").read_text())
-            if (workdir / "best.json").exists() else None,
-        }
-        records.write_json(workdir / "summary.json", summary)
+
+def finish(trainer: Trainer, dataset_dir: Path, final: Mapping[str, Any],
+           timings: dict[str, float], progress: bool) -> dict[str, Any]:
+    """Exports the best model, evaluates it on the test split and writes `summary.json`;
+    returns the summary."""
+    workdir = trainer.workdir
+    tic = time.perf_counter()
+    if (workdir / "best.weights.h5").exists():
+        trainer.model.load_weights(str(workdir / "best.weights.h5"))
+    export.export_model(trainer.model, workdir / "export",
+                        metadata=export.dataset_metadata(trainer.meta))
+    timings["export_s"] = time.perf_counter() - tic
+    tic = time.perf_counter()
+    evaluation = None
+    if trainer.meta["splits"]["test"]["num_trajectories"]:
+        # The experiment's last stage, downstream of training: training itself scores
+        # with metrics and rollout only.
+        from tf_holstein.evaluation import evaluate, headline
+
+        evaluation = headline(evaluate(
+            workdir / "export", dataset_dir, split="test", out_dir=workdir / "eval-test",
+            progress=progress))
+    timings["evaluate_s"] = time.perf_counter() - tic
+    summary = {
+        "config": json.loads((workdir / "config.json").read_text()),
+        "dataset": str(dataset_dir),
+        "versions": {"tf_holstein": __import__("tf_holstein").__version__,
+                     "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "replicas": trainer.strategy.num_replicas_in_sync,
+        "optimizer_steps": int(trainer.optimizer.iterations.numpy()),
+        "timings": timings,
+        "final": final,
+        "test": evaluation,
+        "best": json.loads((workdir / "best.json").read_text())
+        if (workdir / "best.json").exists() else None,
+    }
+    records.write_json(workdir / "summary.json", summary)
     return summary
 
 
