@@ -1,14 +1,18 @@
-"""The shipped models: both forms load, agree, and stay on their quench's orbit."""
+"""The shipped models: both forms load, agree, stay on their quench's orbit, and check the
+inputs of their serving signatures."""
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from float32 import EPS32, KERNEL_ULPS, eigh_tolerance
-from tf_holstein import evaluation, physics, records, simulate
+from tf_holstein import evaluation, export, physics, records, simulate
 from tf_holstein.configs import get_config
 
 SHIPPED = Path(__file__).resolve().parent.parent / "saved_models"
+EVERY_SHIPPED = sorted(path.name for path in SHIPPED.iterdir()
+                       if (path / "saved_model.pb").exists())
 STEPS = 50
 
 
@@ -82,3 +86,63 @@ def test_shipped_savedmodel_and_keras_file_agree_and_move(name, config_name):
     assert np.abs(a["Q"] - state["Q"][:, None]).max() > 1e-2
     trace = np.trace(a["rho"][:, -1], axis1=-2, axis2=-1).real
     np.testing.assert_allclose(trace, L / 2, atol=1e-2)
+
+
+def bad_inputs(L: int) -> dict[str, tuple[dict[str, np.ndarray], str]]:
+    """A valid batch of two states, and every way a client can get one wrong, with the error
+    each must raise: {case: (inputs, message)}."""
+    rng = np.random.default_rng(0)
+    good = {"rho_real": np.eye(L, dtype=np.float32)[None].repeat(2, 0) * 0.5,
+            "rho_imag": np.zeros((2, L, L), np.float32),
+            "Q": (0.1 * rng.normal(size=(2, L))).astype(np.float32),
+            "P": np.zeros((2, L), np.float32)}
+
+    def with_value(key, index, value):
+        array = good[key].copy()
+        array[index] = value
+        return {**good, key: array}
+
+    return {
+        "good": (good, ""),
+        "rho_imag of another batch": ({**good, "rho_imag": good["rho_imag"][:1]},
+                                      "rho_imag must have the shape of rho_real"),
+        "Q and P of another batch": ({**good, "Q": good["Q"][:1], "P": good["P"][:1]},
+                                     r"Q and P must be \[B, L\] with the batch size B"),
+        "P of another length": ({**good, "P": good["P"][:, :L - 2]},
+                                "P must have the shape of Q"),
+        "rho not square": ({**good, "rho_real": good["rho_real"][:, :, :L - 2],
+                            "rho_imag": good["rho_imag"][:, :, :L - 2]},
+                           r"rho_real must be \[B, L, L\]"),
+        "NaN in Q": (with_value("Q", (1, 3), np.nan), "Q holds NaN or inf"),
+        "inf in rho_imag": (with_value("rho_imag", (0, 1, 2), np.inf),
+                            "rho_imag holds NaN or inf"),
+        "NaN in P": (with_value("P", (0, 0), np.nan), "P holds NaN or inf"),
+        "inf in rho_real": (with_value("rho_real", (1, 0, 0), -np.inf),
+                            "rho_real holds NaN or inf"),
+    }
+
+
+@pytest.mark.parametrize("name", EVERY_SHIPPED)
+def test_every_shipped_model_checks_its_serving_inputs(name):
+    """Each signature of every model in saved_models/ refuses a bad input with an error
+    naming it, never a broadcast batch, a NaN result or an error from deep inside the model;
+    an old export without the checks cannot ship again."""
+    loaded = tf.saved_model.load(str(SHIPPED / name))
+    L = export.read_metadata(SHIPPED / name)["data"]["L"]
+    signatures = {signature: loaded.signatures[signature] for signature in export.SIGNATURES}
+    for case, (inputs, message) in bad_inputs(L).items():
+        for signature, function in signatures.items():
+            steps = {} if signature == "step" else {"n_steps": tf.constant(2)}
+            if not message:
+                out = function(**inputs, **steps)
+                assert all(np.isfinite(value.numpy()).all() for value in out.values()), case
+                continue
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                function(**inputs, **steps)
+    good = bad_inputs(L)["good"][0]
+    for signature in ("rollout", "rollout_order_parameters"):
+        for n_steps in (0, -1):
+            with pytest.raises(tf.errors.InvalidArgumentError, match="n_steps must be >= 1"):
+                signatures[signature](**good, n_steps=tf.constant(n_steps))
+    with pytest.raises((TypeError, tf.errors.InvalidArgumentError), match="float"):
+        signatures["step"](**{**good, "Q": tf.constant(good["Q"], tf.float64)})

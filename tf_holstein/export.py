@@ -38,10 +38,10 @@ _STATE_SPEC = [tf.TensorSpec([None, None, None], tf.float32, name="rho_real"),
 _STEPS_SPEC = tf.TensorSpec([], tf.int32, name="n_steps")
 
 
-def _state(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
-           ) -> dict[str, tf.Tensor]:
-    """The model's state from the serving inputs, which are checked first: a client gets an
-    InvalidArgumentError naming the input instead of a silently broadcast batch or NaN."""
+def checked_inputs(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The serving inputs, after checking them: a client gets an InvalidArgumentError naming
+    the input instead of a silently broadcast batch or NaN."""
     shape_rho, shape_q = tf.shape(rho_real), tf.shape(Q)
     checks = [
         tf.debugging.assert_equal(shape_rho[1], shape_rho[2], message=(
@@ -57,8 +57,15 @@ def _state(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
           for name, value in (("rho_real", rho_real), ("rho_imag", rho_imag), ("Q", Q),
                               ("P", P)))]
     with tf.control_dependencies(checks):
-        return {"rho": tf.complex(rho_real, rho_imag), "Q": tf.identity(Q),
-                "P": tf.identity(P)}
+        return (tf.identity(rho_real), tf.identity(rho_imag), tf.identity(Q),
+                tf.identity(P))
+
+
+def _state(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
+           ) -> dict[str, tf.Tensor]:
+    """The model's state from the serving inputs, which are checked first."""
+    rho_real, rho_imag, Q, P = checked_inputs(rho_real, rho_imag, Q, P)
+    return {"rho": tf.complex(rho_real, rho_imag), "Q": Q, "P": P}
 
 
 def _checked_steps(n_steps: tf.Tensor) -> tf.Tensor:
@@ -130,6 +137,47 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
 
     records.write_atomically(directory / "model.keras", model.save, ".tmp.keras")
     return saved_model
+
+
+def add_input_checks(saved_model_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Writes to `target` (atomically) an export made before the serving inputs were checked,
+    whose signatures now check them (`checked_inputs`, n_steps >= 1) and then run the
+    original graphs unchanged: the outputs stay bit for bit. Assets are kept."""
+    source, target = Path(saved_model_dir), Path(target)
+    loaded = tf.saved_model.load(str(source))
+    original = {name: loaded.signatures[name] for name in SIGNATURES}
+
+    def checked(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
+                ) -> dict[str, tf.Tensor]:
+        return dict(zip(("rho_real", "rho_imag", "Q", "P"),
+                        checked_inputs(rho_real, rho_imag, Q, P)))
+
+    @tf.function(input_signature=_STATE_SPEC)
+    def step(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor
+             ) -> dict[str, tf.Tensor]:
+        return original["step"](**checked(rho_real, rho_imag, Q, P))
+
+    def rollout_signature(name: str) -> Any:
+        @tf.function(input_signature=[*_STATE_SPEC, _STEPS_SPEC])
+        def rollout(rho_real: tf.Tensor, rho_imag: tf.Tensor, Q: tf.Tensor, P: tf.Tensor,
+                    n_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+            return original[name](**checked(rho_real, rho_imag, Q, P),
+                                  n_steps=_checked_steps(n_steps))
+        return rollout
+
+    signatures = {"step": step, **{name: rollout_signature(name) for name in SIGNATURES[1:]}}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=records.temporary_prefix(
+        target.name), suffix=".tmp"))
+    try:
+        tf.saved_model.save(loaded, str(staging), signatures=signatures)
+        shutil.copytree(source / "assets", staging / "assets", dirs_exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def read_metadata(saved_model_dir: str | os.PathLike) -> dict[str, Any]:
