@@ -280,6 +280,24 @@ def test_a_second_training_on_a_workdir_in_use_is_refused(data_dir, tmp_path):
         pass
 
 
+def test_a_checkpoint_from_before_the_random_state_still_resumes(data_dir, tmp_path, caplog):
+    """A run checkpointed by an earlier version (no dropout state, no last metrics) resumes
+    its weights and epoch, with a warning that its dropout masks will differ."""
+    config = get_config("smoke", dropout=0.2)
+    dataset_dir = data_dir / config.data.dataset_name
+    earlier = train.Trainer(config, dataset_dir, tmp_path)
+    earlier.epoch.assign(1)
+    earlier.model.trainable_variables[0].assign_add(tf.ones_like(
+        earlier.model.trainable_variables[0]))
+    tf.train.Checkpoint(model=earlier.model, optimizer=earlier.optimizer, epoch=earlier.epoch,
+                        best=earlier.best).save(str(tmp_path / "checkpoints" / "ckpt"))
+    resumed = train.Trainer(config, dataset_dir, tmp_path)
+    assert resumed.restore() and int(resumed.epoch.numpy()) == 1
+    np.testing.assert_array_equal(resumed.model.trainable_variables[0].numpy(),
+                                  earlier.model.trainable_variables[0].numpy())
+    assert "holds no random state of the dropout" in caplog.text
+
+
 def free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
