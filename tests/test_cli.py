@@ -44,3 +44,12 @@ def test_a_mistyped_flag_names_the_nearest_flag_of_that_command(command, typo, s
     assert out.returncode != 0
     name = typo.split("=")[0]
     assert f"unknown flag {name}; did you mean {suggestion}" in out.stderr, out.stderr[-500:]
+
+
+@pytest.mark.parametrize("flag", ["--eval_batch=0", "--chunk=0", "--cost_batch=0"])
+def test_evaluate_names_the_flag_of_a_bad_size(flag, tmp_path):
+    out = run("tf_holstein.evaluate", "--model", "exact", "--data", str(tmp_path),
+              "--out", str(tmp_path / "out"), flag)
+    assert out.returncode != 0
+    name, value = flag.split("=")
+    assert f"evaluate: error: {name} must be >= 1, got {value}" in out.stderr

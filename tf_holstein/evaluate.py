@@ -98,6 +98,12 @@ def main(argv: Sequence[str]) -> None:
             snapshot_trajectory=FLAGS.snapshot_trajectory,
             divergence_factor=FLAGS.divergence_factor,
             lyapunov_trajectories=FLAGS.lyapunov_trajectories, progress=FLAGS.progress)
+        for name in ("eval_batch", "chunk", "cost_batch", "cost_steps"):
+            if FLAGS[name].value < 1:
+                raise ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+        if FLAGS.cost_repeats < 0:
+            raise ValueError(f"--cost_repeats must be >= 0 (0: no cost), got "
+                             f"{FLAGS.cost_repeats}")
         given = [name for name in MODEL_ONLY if FLAGS[name].present]
         if FLAGS.predictions and given:
             raise ValueError(f"--{', --'.join(given)} set how a model rolls out; they do not "
