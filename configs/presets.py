@@ -18,7 +18,8 @@ MEDIUM_PARC = ModelConfig(kind="parc", channels=128, n_blocks=4, dropout=0.2)
 # batch 128, eta_min 0, n_step 1 then 8 in a 2:1 ratio of optimizer steps), sized for
 # the 2-core CPU rather than a GPU. One rollout loop: two chains took 6% less time per
 # training step, but draw other dropout masks, and the one run with them scored far worse
-# (docs/performance.md); several seeds must show they do not hurt before they are the default.
+# (docs/notes/performance-history.md); several seeds must show they do not hurt before
+# they are the default.
 SHALLOW_CPU = TrainConfig(lr=1e-3, weight_decay=1e-2, batch_size=128, eta_min=0.0,
                           stages=(Stage(18, 1, 0.02, 1000), Stage(9, 8, 0.02, 1000)))
 

@@ -69,7 +69,7 @@ UNROLL_MAX_STEPS = 16
 # chains, one while loop per slice of about CHAIN_BATCH trajectories (at least two):
 # TensorFlow runs the loops side by side, so one chain's small serial ops fill the other's
 # idle gaps and each chain's activations stay nearer the cache. Tiny CNN on 2 cores, L = 32:
-# +4-29% sample-steps/s at batch 16-512 (docs/performance.md).
+# +4-29% sample-steps/s at batch 16-512 (docs/notes/performance-history.md).
 CHAIN_MIN_BATCH = 16
 CHAIN_BATCH = 64
 
