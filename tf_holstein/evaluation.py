@@ -156,6 +156,18 @@ def truth_batches(dataset_dir: str | Path, split: str, n_traj: int, batch_size: 
         yield arrays
 
 
+def _keeping_initial(batches: Iterator[dict[str, np.ndarray]],
+                     kept: list[dict[str, np.ndarray]], count: int
+                     ) -> Iterator[dict[str, np.ndarray]]:
+    """`batches` passed on unchanged, their first `count` initial states appended to `kept`
+    on the way (so that the cost is measured without reading the trajectories again)."""
+    for batch in batches:
+        missing = count - sum(len(states["Q"]) for states in kept)
+        if missing > 0:
+            kept.append({key: batch[key][:missing, 0] for key in records.STATE_KEYS})
+        yield batch
+
+
 def truth_scales(batches: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
     """Max-abs of rho's real and imaginary parts, of Q and of P over `truth_batches`."""
     scales = dict.fromkeys(records.STATE_KEYS, 0.0)
@@ -366,8 +378,10 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
     if not scales and builtin:
         # A physics model has no training range: it is judged by the truth's own.
         scales = truth_scales(truth_batches(data, split, n_traj, batch_size))
+    initial: list[dict[str, np.ndarray]] = []  # the first initial states, for the cost
     collected, result = _score(
-        loaded.rollout, truth_batches(data, split, n_traj, batch_size), data, split, meta,
+        loaded.rollout, _keeping_initial(truth_batches(data, split, n_traj, batch_size),
+                                         initial, cost_batch), data, split, meta,
         n_traj=n_traj, steps=steps, scales=scales, batch_size=batch_size, chunk=chunk,
         max_lag=max_lag, snapshot_steps=snapshot_steps, snapshot_trajectory=snapshot_trajectory,
         divergence_factor=divergence_factor, lyapunov_trajectories=lyapunov_trajectories,
@@ -386,10 +400,10 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
                                                 lyapunov_trajectories, steps, meta)
     result["cost"] = None
     if cost_repeats:
-        first = next(truth_batches(data, split, min(n_traj, cost_batch), cost_batch))
         result["cost"] = cost.measure(
-            loaded, {key: first[key][:, 0] for key in records.STATE_KEYS}, batch=cost_batch,
-            steps=min(cost_steps, steps), repeats=cost_repeats)
+            loaded, {key: np.concatenate([s[key] for s in initial]) for key in
+                     records.STATE_KEYS}, batch=cost_batch, steps=min(cost_steps, steps),
+            repeats=cost_repeats)
     write_results(out_dir if out_dir is not None else default_out_dir(model, split),
                   collected, result)
     return result
