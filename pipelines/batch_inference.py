@@ -44,7 +44,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -371,6 +370,19 @@ def _temporary_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}@{_host()}."
 
 
+def _create_temporary(path: Path) -> Path:
+    """A new, empty hidden temporary beside `path` with the permissions of a plain open (0666
+    less the umask; tempfile's are 0600), so that others can read the output it becomes.
+    tf_holstein.records.create_temporary's twin: this script imports nothing of tf_holstein."""
+    while True:
+        candidate = path.parent / f"{_temporary_prefix(path)}{os.urandom(4).hex()}.tmp"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:  # another's random part, by chance: draw again
+            continue
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -422,10 +434,7 @@ def temporary_output(path: Path) -> Iterator[Path]:
     if it fails."""
     remove_stale_temporaries(path)
     with _writing(path):
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path),
-                                    suffix=".tmp")
-        os.close(fd)
-    tmp = Path(name)
+        tmp = _create_temporary(path)
     try:
         yield tmp
         with _writing(path):

@@ -309,14 +309,14 @@ def test_unwritable_or_missing_outputs_fail_before_the_rollout(perturbed, states
     code, err = run_main(capsys, *argv, "--out", tmp_path / "dir.npz")
     assert code == 2 and f"--out {tmp_path / 'dir.npz'} is a directory" in err, err
 
-    mkstemp = bi.tempfile.mkstemp
+    create_temporary = bi._create_temporary
 
-    def read_only(dir, prefix, suffix):  # what the kernel answers in a read-only mount
-        if Path(dir) != tmp_path:
-            return mkstemp(dir=dir, prefix=prefix, suffix=suffix)
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, prefix + suffix))
+    def read_only(path):  # what the kernel answers in a read-only mount
+        if path.parent != tmp_path:
+            return create_temporary(path)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
-    monkeypatch.setattr(bi.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(bi, "_create_temporary", read_only)
     monkeypatch.setattr(bi, "rollout_batches", lambda *args: pytest.fail("rolled out"))
     code, err = run_main(capsys, *argv, "--out", tmp_path / "pred.npz")
     assert (code, err) == (1, f"batch_inference: error: cannot write {tmp_path / 'pred.npz'}: "

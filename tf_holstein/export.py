@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -120,8 +119,7 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
 
     saved_model = directory / "saved_model"
     records.remove_stale_temporaries(directory)  # what an interrupted export left
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=records.temporary_prefix(
-        "saved_model"), suffix=".tmp"))
+    staging = records.create_temporary(saved_model, directory=True)
     try:
         archive.write_out(str(staging), verbose=False)
         (staging / "assets").mkdir(exist_ok=True)
@@ -167,8 +165,7 @@ def add_input_checks(saved_model_dir: str | os.PathLike, target: str | os.PathLi
 
     signatures = {"step": step, **{name: rollout_signature(name) for name in SIGNATURES[1:]}}
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=records.temporary_prefix(
-        target.name), suffix=".tmp"))
+    staging = records.create_temporary(target, directory=True)
     try:
         tf.saved_model.save(loaded, str(staging), signatures=signatures)
         shutil.copytree(source / "assets", staging / "assets", dirs_exist_ok=True)

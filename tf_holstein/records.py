@@ -23,7 +23,6 @@ import re
 import shutil
 import socket
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -170,6 +169,25 @@ def temporary_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}@{_host()}."
 
 
+def create_temporary(path: str | os.PathLike, suffix: str = ".tmp", directory: bool = False
+                     ) -> Path:
+    """Creates a new, empty temporary file (or directory) beside `path`, to become `path` by
+    a rename. Unlike tempfile's (0600, 0700), it gets the permissions of a plain open or
+    mkdir: 0666 (0777) less the umask, or the folder's default ACL, so that others can read
+    what it becomes, as on a shared filesystem."""
+    path = Path(path)
+    while True:
+        candidate = path.parent / f"{temporary_prefix(path.name)}{os.urandom(4).hex()}{suffix}"
+        try:
+            if directory:
+                os.mkdir(candidate, 0o777)
+            else:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:  # another's random part, by chance: draw again
+            continue
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     """Removes the temporaries (`temporary_prefix`) in `directory` whose owner is a process
     of this host that no longer runs; others' (live, or of another host) stay. Returns them."""
@@ -277,9 +295,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None],
     full disk, say) removes the temporary and raises IOError naming the file. `suffix` ends
     the temporary's name, for writers that go by the extension (".tmp.keras")."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name),
-                               suffix=suffix)
-    os.close(fd)
+    tmp = str(create_temporary(path, suffix))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -298,8 +314,9 @@ def create_json(path: str | os.PathLike, obj: Any) -> bool:
     path = Path(path)
     if path.exists():
         return False
-    tmp = path.parent / f"{temporary_prefix(path.name)}{os.urandom(4).hex()}.tmp"
+    tmp = None
     try:
+        tmp = create_temporary(path)
         with open(tmp, "wb") as f:
             f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
             f.flush()
@@ -311,7 +328,8 @@ def create_json(path: str | os.PathLike, obj: Any) -> bool:
     except OSError as e:
         raise IOError(f"cannot write {path}: {failure_reason(e)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def failure_reason(error: BaseException) -> str:
