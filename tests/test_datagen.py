@@ -16,6 +16,7 @@ from numpy_reference import numpy_rk4
 from tf_holstein import datagen, physics, records
 from tf_holstein.configs import get_config
 
+ROOT = Path(__file__).resolve().parent.parent
 SMOKE = get_config("smoke").data  # L = 8, 12 saved steps, 4/2/2 trajectories, shards of 2
 
 
@@ -34,6 +35,13 @@ def test_layout_and_meta(smoke_dataset):
     assert [meta["splits"][s]["num_trajectories"] for s in records.SPLITS] == [4, 2, 2]
     # Phases spread evenly over [0, save_interval) before shuffling.
     assert sorted(meta["splits"]["train"]["phases"]) == [0, 2, 4, 6]
+
+
+def test_the_help_and_docs_name_the_directory_the_data_lands_in(smoke_dataset):
+    """`<data_dir>/<name>/`, as datagen writes it (no `_L<L>` suffix)."""
+    assert smoke_dataset.name == SMOKE.name == records.read_meta(smoke_dataset)["dataset"]
+    for text in (datagen.__doc__, (ROOT / "docs" / "data-format.md").read_text()):
+        assert "`<data_dir>/<name>/" in text and "<name>_L<L>" not in text
 
 
 def test_load_split_shapes_and_invariants(smoke_dataset):

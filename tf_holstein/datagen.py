@@ -1,9 +1,11 @@
 """python -m tf_holstein.datagen: exact quench trajectories into sharded TFRecords.
 
-    python -m tf_holstein.datagen --config shallow --L 32 --data_dir data
+    python -m tf_holstein.datagen --config shallow --L 32 --name shallow_L32 --data_dir data
 
-Writes `<data_dir>/<name>_L<L>/{train,val,test}-NNNNN-of-MMMMM.tfrecord` and,
-once every shard exists, `meta.json`. A shard is the unit of work: it is
+Writes `<data_dir>/<name>/{train,val,test}-NNNNN-of-MMMMM.tfrecord` and, once
+every shard exists, `meta.json` (<name>: the preset's, or `--name`; name a
+protocol changed by other flags, since an existing dataset of another protocol
+is refused, never overwritten). A shard is the unit of work: it is
 written under a temporary name and renamed when complete, so a rerun after
 any interruption (kill -9 included) only does the missing shards. Every
 trajectory's noise and phase derive from (seed, split, index) alone, so the
