@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 from tf_holstein import cli, train
 
@@ -69,4 +69,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -2,8 +2,15 @@
 nearest of that command's flags."""
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
+
+SCRIPTS = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(
+))["project"]["scripts"]
+OWN_FLAG = {"holstein-datagen": "workers", "holstein-train": "resume",
+            "holstein-evaluate": "cost_batch", "holstein-export": "which"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -27,6 +34,7 @@ def test_train_help_lists_its_flags_and_the_presets_config_fields():
 @pytest.mark.parametrize("command, own, absent", [
     ("tf_holstein.evaluate", "--cost_batch", "--lr = "),
     ("tf_holstein.datagen", "--workers", "--lr = "),
+    ("tf_holstein.export", "--which", "--lr = "),
 ])
 def test_other_commands_list_their_own_flags(command, own, absent):
     out = run(command, "--help")
@@ -38,6 +46,7 @@ def test_other_commands_list_their_own_flags(command, own, absent):
     ("tf_holstein.evaluate", "--splt=val", "--split"),
     ("tf_holstein.train", "--weight_decy=1", "--weight_decay"),
     ("tf_holstein.train", "--chanels=8", "--channels"),
+    ("tf_holstein.export", "--workdr=runs/x", "--workdir"),
 ])
 def test_a_mistyped_flag_names_the_nearest_flag_of_that_command(command, typo, suggestion):
     out = run(command, typo)
@@ -53,3 +62,20 @@ def test_evaluate_names_the_flag_of_a_bad_size(flag, tmp_path):
     assert out.returncode != 0
     name, value = flag.split("=")
     assert f"evaluate: error: {name} must be >= 1, got {value}" in out.stderr
+
+
+def test_the_console_scripts_are_the_four_commands():
+    assert set(SCRIPTS) == set(OWN_FLAG)
+
+
+@pytest.mark.parametrize("script", sorted(OWN_FLAG))
+def test_each_console_script_lists_its_own_flags(script):
+    """A console script imports its command's module (not run as __main__) and calls its
+    entry: --help still lists that command's own flags and docstring."""
+    module, function = SCRIPTS[script].split(":")
+    code = f"import sys; from {module} import {function}; sys.argv[0] = {script!r}; {function}()"
+    out = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"python -m {module}" in out.stdout.split("flags of this command:")[0]
+    assert f"  --{OWN_FLAG[script]}: " in out.stdout, out.stdout

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from float32 import kernel_tolerance
-from tf_holstein import datagen, evaluation, metrics, physics, records, train
+from tf_holstein import datagen, evaluation, export, metrics, physics, records, runs, train
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -154,6 +154,74 @@ def test_serving_signatures_check_their_inputs(smoke_run):
     nan[1, 3] = np.nan
     with pytest.raises(tf.errors.InvalidArgumentError, match="Q holds NaN or inf"):
         rollout(**{**inputs, "Q": nan}, n_steps=tf.constant(2))
+
+
+def run_export(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tf_holstein.export", *map(str, args)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_the_export_command_exports_the_best_weights_as_training_does(smoke_run, data_dir,
+                                                                      tmp_path):
+    """`python -m tf_holstein.export` of a run's best weights gives what the run exported at
+    its end: a SavedModel rolling out the same numbers, a .keras of the same weights."""
+    workdir, out = smoke_run[0], tmp_path / "best"
+    result = run_export("--workdir", workdir, "--data_dir", data_dir, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["saved_model"] == str(out / "saved_model")
+    L = SMOKE.data.L
+    rng = np.random.default_rng(1)
+    inputs = {"rho_real": np.eye(L, dtype=np.float32)[None].repeat(2, 0) * 0.5
+              + rng.normal(size=(2, L, L)).astype(np.float32) * 0.01,
+              "rho_imag": np.zeros((2, L, L), np.float32),
+              "Q": rng.normal(size=(2, L)).astype(np.float32) * 0.1,
+              "P": np.zeros((2, L), np.float32), "n_steps": tf.constant(5)}
+    got, expected = (tf.saved_model.load(str(path / "saved_model")).signatures["rollout"](
+        **inputs) for path in (out, workdir / "export"))
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    got, expected = (keras.saving.load_model(str(path / "model.keras")).get_weights()
+                     for path in (out, workdir / "export"))
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    again = run_export("--workdir", workdir, "--data_dir", data_dir, "--out", out)
+    assert again.returncode != 0
+    assert f"export: error: {out / 'saved_model'} exists: pass --overwrite" in again.stderr
+
+
+def test_the_last_weights_are_the_latest_checkpoints(smoke_run, data_dir, tmp_path):
+    workdir = smoke_run[0]
+    export.export_run(workdir, "last", tmp_path / "last", data_dir=data_dir)
+    trainer = train.Trainer(SMOKE, data_dir / SMOKE.data.dataset_name, workdir)
+    assert trainer.restore()
+    exported = keras.saving.load_model(str(tmp_path / "last" / "model.keras"))
+    for a, b in zip(exported.get_weights(), trainer.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_export_command_names_what_is_missing(data_dir, tmp_path):
+    result = run_export("--workdir", tmp_path / "absent", "--out", tmp_path / "out")
+    assert result.returncode != 0
+    assert (f"export: error: {tmp_path / 'absent'} does not exist: give the --workdir of a "
+            f"training run") in result.stderr, result.stderr[-2000:]
+    with pytest.raises(ValueError, match=r"holds no training run \(no config.json\)"):
+        export.export_run(tmp_path, "best", tmp_path / "out", data_dir=data_dir)
+    train.prepare_workdir(SMOKE, tmp_path / "new", resume=False)  # started, nothing saved
+    with pytest.raises(ValueError, match=r"holds no best.weights.h5 .*export --which last"):
+        export.export_run(tmp_path / "new", "best", tmp_path / "out", data_dir=data_dir)
+    with pytest.raises(ValueError, match=r"holds no checkpoint yet"):
+        export.export_run(tmp_path / "new", "last", tmp_path / "out", data_dir=data_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_export_refuses_a_dataset_the_run_did_not_train_on(data_dir):
+    saved = json.loads(json.dumps(dataclasses.asdict(SMOKE), default=str))
+    meta = records.read_meta(data_dir / SMOKE.data.dataset_name)
+    runs.check_dataset(saved, meta)
+    with pytest.raises(ValueError, match=r"the dataset smoke is not the one the run trained "
+                                         r"on: its g_f 0.8 \(the run's 0.9\)"):
+        runs.check_dataset({**saved, "data": {**saved["data"], "g_f": 0.9}}, meta)
 
 
 def test_two_replicas_match_one_device(data_dir, tmp_path):
@@ -486,6 +554,10 @@ def test_weight_averaging_validates_and_keeps_the_average(data_dir, tmp_path):
     best = train.Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path / "b").model
     best.load_weights(str(tmp_path / "best.weights.h5"))
     for variable, value in zip(best.trainable_variables, average):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    last = runs.build_model(config.model, trainer.meta)  # what `export --which last` gives
+    runs.restore_last(last, config.train, tmp_path)
+    for variable, value in zip(last.trainable_variables, average):
         np.testing.assert_array_equal(variable.numpy(), value)
     with pytest.raises(ValueError, match=r"ema is a moving-average momentum in \[0, 1\)"):
         get_config("smoke", ema=1.0)

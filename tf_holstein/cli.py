@@ -8,11 +8,13 @@ imported together.
 from __future__ import annotations
 
 import difflib
+import functools
 import sys
 from pathlib import Path
-from typing import Sequence
+from types import ModuleType
+from typing import Callable, Sequence
 
-from absl import flags
+from absl import app, flags
 
 from tf_holstein.configs import PRESETS, Config, field_types, get_config
 from tf_holstein.configs.base import CHOICES
@@ -44,13 +46,14 @@ def config_from_flags(sections: Sequence[str] | None = None) -> Config:
         ignored = sorted(f for s, fields in _SECTIONS.items() if s not in sections
                          for f in fields if f in overrides)
         if ignored:
-            raise ValueError(f"--{', --'.join(ignored)} do not apply to this command "
-                             f"(it uses the {', '.join(sections)} settings)")
+            uses = f"it uses the {', '.join(sections)} settings" if sections else \
+                "it reads no config fields"
+            raise ValueError(f"--{', --'.join(ignored)} do not apply to this command ({uses})")
     return get_config(FLAGS.config, **overrides)
 
 
 # The config sections each command reads; a command not listed reads them all (train).
-COMMAND_SECTIONS = {"datagen": ("data",), "evaluate": (), "netcdf": ()}
+COMMAND_SECTIONS = {"datagen": ("data",), "evaluate": (), "netcdf": (), "export": ()}
 SHARED = ("config", "data_dir", "progress")
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
 
@@ -74,14 +77,24 @@ def _describe(flag: flags.Flag) -> str:
     return f"  --{flag.name}: {flag.help}{default}"
 
 
-def help_text(argv: Sequence[str]) -> str:
+def _own_flags(module: ModuleType, argv: Sequence[str]) -> list[flags.Flag]:
+    """The flags the command's module defines, by name. absl files them under the module's
+    name, or under argv[0] for the module run as __main__ (`python -m`)."""
+    key = argv[0] if module.__name__ == "__main__" else module.__name__
+    return sorted(FLAGS.get_flags_for_module(key), key=lambda flag: flag.name)
+
+
+def _command(module: ModuleType) -> str:
+    """The command's name, its module's (`python -m tf_holstein.train`, `holstein-train`)."""
+    return Path(module.__file__).stem
+
+
+def help_text(module: ModuleType, argv: Sequence[str]) -> str:
     """The command's --help: its docstring, its own flags with their defaults, the shared
     flags, and the config fields it reads, by section, with the chosen preset's values."""
-    command = Path(argv[0]).stem
-    main = sys.modules.get("__main__")
-    lines = [(main.__doc__ or "").strip() if main else "", "", "flags of this command:"]
-    lines += [_describe(flag) for flag in sorted(FLAGS.get_flags_for_module(argv[0]),
-                                                   key=lambda flag: flag.name)]
+    command = _command(module)
+    lines = [(module.__doc__ or "").strip(), "", "flags of this command:"]
+    lines += [_describe(flag) for flag in _own_flags(module, argv)]
     lines += ["", "shared flags:"] + [_describe(FLAGS[name]) for name in SHARED]
     sections = _sections(command)
     if sections:
@@ -104,18 +117,18 @@ def help_text(argv: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`: `--help` prints
-    `help_text`, and a bad flag is reported in one line, an unknown one with the nearest of
-    this command's flags."""
-    command = Path(argv[0]).stem
+def parse_flags(module: ModuleType, argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing for the command of `module`: `--help` prints `help_text`, and a
+    bad flag is reported in one line, an unknown one with the nearest of this command's
+    flags."""
+    command = _command(module)
     if any(arg in HELP_FLAGS for arg in argv[1:]):
-        print(help_text(argv))
+        print(help_text(module, argv))
         sys.exit(0)
     try:
         return FLAGS(list(argv))
     except flags.UnrecognizedFlagError as e:
-        own = [flag.name for flag in FLAGS.get_flags_for_module(argv[0])]
+        own = [flag.name for flag in _own_flags(module, argv)]
         fields = [field for section in _sections(command) for field in _SECTIONS[section]]
         close = difflib.get_close_matches(e.flagname, [*own, *SHARED, *fields], n=3)
         hint = f"; did you mean --{', --'.join(close)}?" if close else ""
@@ -123,3 +136,9 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
                  f"command's flags)")
     except flags.Error as e:
         sys.exit(f"{command}: error: {e}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """Runs a command's `main` under absl with this module's --help and flag messages: the
+    entry of `python -m tf_holstein.X` and of the console script `holstein-X`."""
+    app.run(main, flags_parser=functools.partial(parse_flags, sys.modules[main.__module__]))

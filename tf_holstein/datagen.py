@@ -412,5 +412,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"{dataset_dir}: {state}")
 
 
+def entry_point() -> None:
+    """`python -m tf_holstein.datagen` and the console script `holstein-datagen`."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    entry_point()

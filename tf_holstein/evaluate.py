@@ -147,6 +147,11 @@ def main(argv: Sequence[str]) -> None:
     print(json.dumps({"out": str(out), **evaluation.to_json(printed)}, indent=2))
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """`python -m tf_holstein.evaluate` and the console script `holstein-evaluate`."""
     _define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    entry_point()

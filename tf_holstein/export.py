@@ -1,5 +1,11 @@
 """Export a trained model as a SavedModel with `step` and `rollout` serving signatures.
 
+    python -m tf_holstein.export --workdir runs/shallow --which best --out exports/shallow
+
+The command exports a training workdir's best or last weights (an interrupted run's
+too) as training exports its best model at the end of a run: `OUT/saved_model/` and
+`OUT/model.keras`.
+
 The SavedModel needs only TensorFlow to run: complex tensors are split into
 float32 real and imaginary parts at the boundary, so any client (TF Serving,
 `saved_model_cli`, `pipelines/batch_inference.py`) can feed it.
@@ -19,13 +25,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import keras
 import tensorflow as tf
+from absl import app, flags
 
-from tf_holstein import models, physics, records
+from tf_holstein import cli, models, physics, records, runs
+from tf_holstein.cli import FLAGS
 
 SIGNATURES = ("step", "rollout", "rollout_order_parameters")
 METADATA_ASSET = "tf_holstein.json"
@@ -137,6 +146,30 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
     return saved_model
 
 
+def export_trained(model: models.HolsteinModel, meta: Mapping[str, Any],
+                   directory: str | os.PathLike) -> Path:
+    """Exports a trained model with what it records of its training dataset (meta.json), as
+    training does at the end of a run; returns the SavedModel path."""
+    return export_model(model, directory, metadata=dataset_metadata(meta))
+
+
+def export_run(workdir: str | os.PathLike, which: str, out: str | os.PathLike,
+               data: str | os.PathLike | None = None, data_dir: str | os.PathLike = "data",
+               overwrite: bool = False) -> Path:
+    """Exports a training workdir's `which` ("best" or "last") weights to `out`; returns
+    the SavedModel path. data: the run's dataset (default <data_dir>/<its name>), whose
+    scales the model needs; an earlier export in `out` is replaced only with `overwrite`."""
+    config = runs.read_config(workdir)
+    existing = [Path(out) / name for name in ("saved_model", "model.keras")
+                if (Path(out) / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} exists: pass --overwrite to replace it, or another "
+                         f"--out")
+    model, meta = runs.load_model(workdir, which,
+                                  data or Path(data_dir) / config["data"]["name"])
+    return export_trained(model, meta, out)
+
+
 def add_input_checks(saved_model_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Writes to `target` (atomically) an export made before the serving inputs were checked,
     whose signatures now check them (`checked_inputs`, n_steps >= 1) and then run the
@@ -180,3 +213,42 @@ def add_input_checks(saved_model_dir: str | os.PathLike, target: str | os.PathLi
 def read_metadata(saved_model_dir: str | os.PathLike) -> dict[str, Any]:
     """The metadata an export stored beside the graph."""
     return json.loads((Path(saved_model_dir) / "assets" / METADATA_ASSET).read_text())
+
+
+def _define_flags() -> None:
+    """The command's own flags, defined only when run as a command (train has a --workdir
+    too); --data_dir comes from tf_holstein.cli."""
+    flags.DEFINE_string("workdir", None, "the training run's directory (runs/<config> by "
+                        "default in train), finished or interrupted")
+    flags.DEFINE_enum("which", "best", runs.WEIGHTS, "best: the weights validation kept "
+                      "(best.weights.h5); last: the latest checkpoint's")
+    flags.DEFINE_string("out", None, "output directory: OUT/saved_model and OUT/model.keras")
+    flags.DEFINE_string("data", None, "the run's dataset directory (holding meta.json), whose "
+                        "scales the model needs; default <data_dir>/<the run's dataset name>")
+    flags.DEFINE_bool("overwrite", False, "replace an earlier export in --out")
+    flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        if FLAGS["config"].present:
+            raise ValueError("--config does not apply: the run's config.json sets the model")
+        cli.config_from_flags(sections=())  # refuses config fields: they would not apply
+        saved_model = export_run(FLAGS.workdir, FLAGS.which, FLAGS.out, data=FLAGS.data,
+                                 data_dir=FLAGS.data_dir, overwrite=FLAGS.overwrite)
+    except (ValueError, IOError) as e:
+        sys.exit(f"export: error: {e}")
+    print(json.dumps({"saved_model": str(saved_model),
+                      "keras": str(Path(FLAGS.out) / "model.keras"), "which": FLAGS.which}))
+
+
+def entry_point() -> None:
+    """`python -m tf_holstein.export` and the console script `holstein-export`."""
+    _define_flags()
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -28,16 +28,14 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from tf_holstein import (cli, data, datagen, export, losses, metrics, models, plots, records,
-                         rollout)
+                         rollout, runs)
 from tf_holstein.cli import FLAGS
 from tf_holstein.configs import Config, Stage
-from tf_holstein.schedules import StagedWarmupCosine
 
 flags.DEFINE_string("workdir", None, "run directory (default runs/<config>)")
 flags.DEFINE_bool("resume", False, "continue the run in --workdir from its last checkpoint")
 
 LOCK_FILE = ".lock"  # held by the training running in a workdir (`hold_workdir`)
-NO_DECAY = ("bias", "gamma", "beta")  # AdamW: no weight decay on biases and LayerNorms
 LOG_EVERY = 50  # optimizer steps between TensorBoard scalar writes
 EPOCH_LOG_KEYS = ("loss/total", "val_loss/total", "val_rollout/Delta_rho_rmse_over_std",
                   "val_rollout/Delta_Q_rmse_over_std", "val_rollout/autocorrelation_max_abs_diff",
@@ -115,22 +113,10 @@ class Trainer:
         self.epochs = stage_epochs(train.stages)
         keras.utils.set_random_seed(train.train_seed)
         with self.strategy.scope():
-            options = dataclasses.asdict(config.model)
-            if any(options[name] for name in ("propagate_rho", "uniform_mode", "split_steps",
-                                              "conserve_energy")):
-                options.update(coupling=self.meta["config"]["g_f"],
-                               time_step=self.meta["time_step"])
-            self.model = models.MODELS[options.pop("kind")](self.meta["scales"], **options)
-            self.schedule = StagedWarmupCosine(
-                train.lr, [s.epochs * s.batches_per_epoch for s in train.stages],
-                train.warmup_steps, train.eta_min)
-            self.optimizer = keras.optimizers.AdamW(
-                learning_rate=self.schedule, weight_decay=train.weight_decay,
-                use_ema=train.ema > 0, ema_momentum=train.ema)
-            self.optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+            self.model = runs.build_model(config.model, self.meta)
             if train.init_from:
                 models.warm_start(self.model, train.init_from)
-            self.optimizer.build(self.model.trainable_variables)
+            self.schedule, self.optimizer = runs.build_optimizer(train, self.model)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # epochs completed
             self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
         # The last epoch's metrics as JSON, for the summary of a run resumed after its
@@ -141,7 +127,7 @@ class Trainer:
                               "random_state": random_states(self.model),
                               "last_metrics": self.last_metrics}
         self.checkpoint = tf.train.Checkpoint(**self._checkpointed)
-        directory = self.workdir / "checkpoints"
+        directory = self.workdir / runs.CHECKPOINTS
         if not self.is_chief:  # every worker saves; only the chief's copy is kept
             directory = self.workdir / "tmp" / f"worker-{_task_id(self.strategy)}"
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory),
@@ -178,7 +164,7 @@ class Trainer:
         """With `ema` set: the model holds the moving average of its weights inside the
         block and its trained weights again after it; otherwise, and before the first step
         (when Keras' averages are still zero, not the weights), a no-op."""
-        if not self.optimizer.use_ema or not int(self.optimizer.iterations.numpy()):
+        if not runs.averaging(self.optimizer):
             yield
             return
         variables = self.model.trainable_variables
@@ -394,7 +380,7 @@ class Trainer:
             if key in scores and scores[key] < float(self.best.numpy()):
                 self.best.assign(scores[key])
                 if self.is_chief:
-                    records.write_atomically(self.workdir / "best.weights.h5",
+                    records.write_atomically(self.workdir / runs.BEST_WEIGHTS,
                                              self.model.save_weights, ".tmp.weights.h5")
                     records.write_json(self.workdir / "best.json",
                                        {"step": step, "epoch": epochs_trained,
@@ -430,7 +416,7 @@ def _task_id(strategy: tf.distribute.Strategy) -> int:
 
 def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
     """Creates the workdir, or checks that resuming continues the same experiment."""
-    path = workdir / "config.json"
+    path = workdir / runs.CONFIG_FILE
     current = _as_json(config)
     if resume and not path.exists():
         raise ValueError(f"--resume: {workdir} holds no run to continue (no config.json); "
@@ -514,10 +500,9 @@ def finish(trainer: Trainer, dataset_dir: Path, final: Mapping[str, Any],
     returns the summary."""
     workdir = trainer.workdir
     tic = time.perf_counter()
-    if (workdir / "best.weights.h5").exists():
-        trainer.model.load_weights(str(workdir / "best.weights.h5"))
-    export.export_model(trainer.model, workdir / "export",
-                        metadata=export.dataset_metadata(trainer.meta))
+    if (workdir / runs.BEST_WEIGHTS).exists():
+        trainer.model.load_weights(str(workdir / runs.BEST_WEIGHTS))
+    export.export_trained(trainer.model, trainer.meta, workdir / "export")
     timings["export_s"] = time.perf_counter() - tic
     tic = time.perf_counter()
     evaluation = None
@@ -531,7 +516,7 @@ def finish(trainer: Trainer, dataset_dir: Path, final: Mapping[str, Any],
             progress=progress))
     timings["evaluate_s"] = time.perf_counter() - tic
     summary = {
-        "config": json.loads((workdir / "config.json").read_text()),
+        "config": runs.read_config(workdir),
         "dataset": str(dataset_dir),
         "versions": {"tf_holstein": __import__("tf_holstein").__version__,
                      "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -565,5 +550,10 @@ def main(argv: Sequence[str]) -> None:
                           "best": summary["best"]}, indent=2))
 
 
+def entry_point() -> None:
+    """`python -m tf_holstein.train` and the console script `holstein-train`."""
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    entry_point()
