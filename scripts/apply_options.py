@@ -39,7 +39,8 @@ def apply_options(source: str, target: str, options: dict) -> models.HolsteinMod
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("source", help="a trained model's .keras file")
     parser.add_argument("target", help="where to write the changed .keras file")
     parser.add_argument("options", nargs="+", help="NAME=JSON_VALUE, e.g. reflection=true")

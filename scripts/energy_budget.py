@@ -39,11 +39,12 @@ def budget(states: Mapping[str, np.ndarray], g: float, steps: Sequence[int]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="model path, or a baseline spec (exact, rk4:DT, ...)")
     parser.add_argument("--data", required=True, help="dataset directory")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="split whose trajectories to follow")
     parser.add_argument("--n", type=int, default=8, help="trajectories")
     parser.add_argument("--steps", default="0,50,250,1000", help="steps to print")
     args = parser.parse_args(argv)

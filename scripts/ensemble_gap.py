@@ -53,7 +53,8 @@ def median_gaps(series: Sequence[np.ndarray], n: int, draws: int, max_lag: int,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default="deep_L16", help="preset whose protocol to simulate")
     parser.add_argument("--n", type=int, default=1024, help="trajectories for the size scan")
     parser.add_argument("--sizes", default="64,128,256,512", help="ensemble sizes, comma-separated")

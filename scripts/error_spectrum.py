@@ -46,7 +46,8 @@ def error_profile(truth: np.ndarray, prediction: np.ndarray, window: int,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--traces", required=True, help="an evaluation's order_parameters.npz")
     parser.add_argument("--window", type=int, default=200, help="steps per window")
     parser.add_argument("--band", default="0.1,0.5", help="frequency band, cycles per step")

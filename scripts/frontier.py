@@ -183,17 +183,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--group", action="append", default=[],
                         help="NAME=PATH,PATH,...: the seeds of one recipe, shown as their "
                              "median and range; repeat")
-    parser.add_argument("--n_traj", type=int, default=None, help="trajectories (default all)")
+    parser.add_argument("--n_traj", type=int, default=None, help="trajectories (None: all)")
     parser.add_argument("--eval_batch", type=int, default=128, help="trajectories per rollout")
-    parser.add_argument("--cost_batch", type=int, default=128)
-    parser.add_argument("--cost_steps", type=int, default=100)
-    parser.add_argument("--cost_repeats", type=int, default=3)
+    parser.add_argument("--cost_batch", type=int, default=128,
+                        help="trajectories per timed rollout when measuring the cost")
+    parser.add_argument("--cost_steps", type=int, default=100,
+                        help="saved steps per timed rollout")
+    parser.add_argument("--cost_repeats", type=int, default=3,
+                        help="timed rollouts; their median is the cost")
     parser.add_argument("--bound", type=float, default=None,
-                        help="the climate error a model must meet (default: the test set's "
+                        help="the climate error a model must meet (None: the test set's "
                              "sampling floor + 0.015)")
     parser.add_argument("--overwrite", action="store_true",
                         help="evaluate again even where metrics.json exists")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show progress bars")
     args = parser.parse_args(argv)
     if not args.model and not args.group:
         parser.error("give at least one --model or --group")

@@ -55,7 +55,8 @@ def window_means(result: dict[str, Any], windows: int) -> list[float]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default="deep_L32", help="named config (its data protocol)")
     parser.add_argument("--seeds", default="1,2", help="noise seeds, one ensemble each")
     parser.add_argument("--n", type=int, default=16, help="trajectories per ensemble")
@@ -68,7 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="initial twin distance relative to the state norm")
     parser.add_argument("--windows", type=int, default=4,
                         help="parts of the counted time with an exponent each")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", help="write the results as JSON here (None: only print them)")
     return parser.parse_args(argv)
 
 

@@ -74,11 +74,15 @@ def one_step_rho_errors(dataset_dir: str, split: str, every: int) -> dict[str, f
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", nargs="+", default=["deep_L32"])
-    parser.add_argument("--max_radius", type=int, default=9)
-    parser.add_argument("--data", help="a dataset directory: also the one-step rho errors")
-    parser.add_argument("--split", default="val")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", nargs="+", default=["deep_L32"],
+                        help="presets whose time step, L and network depth to compare")
+    parser.add_argument("--max_radius", type=int, default=9,
+                        help="largest ring distance R whose share is printed")
+    parser.add_argument("--data", help="a dataset directory: also the one-step rho errors "
+                        "(None: not)")
+    parser.add_argument("--split", default="val", help="split of --data whose transitions to use")
     parser.add_argument("--every", type=int, default=50, help="every how many transitions")
     args = parser.parse_args(argv)
     out = {}

@@ -66,7 +66,8 @@ def ensemble_gap(a_dir: str | Path, b_dir: str | Path, max_lag: int) -> list[flo
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", nargs="+", required=True, help="dataset directories")
     parser.add_argument("--window", type=int, default=100, help="steps of the RMS Delta_Q")
     parser.add_argument("--power_steps", type=int, default=200, help="steps of Q's power")
