@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from float32 import kernel_tolerance
-from tf_holstein import datagen, evaluation, export, metrics, physics, records, runs, train
+from tf_holstein import cli, datagen, evaluation, export, metrics, physics, records, runs, train
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -40,15 +40,38 @@ def smoke_run(data_dir, tmp_path_factory):
     return workdir, train.run(SMOKE, data_dir, workdir, progress=False)
 
 
-def scalar_events(workdir):
-    events = {}
-    for path in Path(workdir, "tensorboard").glob("events.out.tfevents.*"):
+def summary_values(workdir):
+    """(step, summary value) of every summary in the run's TensorBoard event files."""
+    for path in sorted(Path(workdir, "tensorboard").glob("events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             for value in event.summary.value:
-                events.setdefault(value.tag, []).append(
-                    (event.step, float(tf.make_ndarray(value.tensor).ravel()[0])
-                     if value.metadata.plugin_data.plugin_name == "scalars" else None))
+                yield event.step, value
+
+
+def scalar_events(workdir):
+    events = {}
+    for step, value in summary_values(workdir):
+        events.setdefault(value.tag, []).append(
+            (step, float(tf.make_ndarray(value.tensor).ravel()[0])
+             if value.metadata.plugin_data.plugin_name == "scalars" else None))
     return events
+
+
+def config_events(workdir):
+    """The config TensorBoard holds: the (step, markdown table) of each Text summary, and the
+    hyperparameters of each HParams session."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tables, sessions = [], []
+    for step, value in summary_values(workdir):
+        plugin = value.metadata.plugin_data
+        if plugin.plugin_name == "text" and value.tag.startswith("config"):
+            tables.append((step, tf.make_ndarray(value.tensor).item().decode()))
+        if plugin.plugin_name == "hparams" and value.tag == "_hparams_/session_start_info":
+            info = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+            sessions.append({name: getattr(v, v.WhichOneof("kind"))
+                             for name, v in info.session_start_info.hparams.items()})
+    return tables, sessions
 
 
 def test_smoke_training_halves_the_loss(smoke_run):
@@ -66,6 +89,18 @@ def test_smoke_training_halves_the_loss(smoke_run):
 
 def test_tensorboard_has_every_tag(smoke_run):
     assert EXPECTED_TAGS <= set(scalar_events(smoke_run[0]))
+
+
+def test_tensorboard_records_the_config_once(smoke_run):
+    """The run's config is in TensorBoard, as a table (Text) and as hyperparameters."""
+    tables, sessions = config_events(smoke_run[0])
+    assert len(tables) == 1 and tables[0][0] == 0, tables
+    fields = {"name": "smoke", **cli.config_fields(SMOKE)}
+    assert tables[0][1].splitlines()[2:] == [f"| {k} | {v} |" for k, v in fields.items()]
+    assert "| data.L | 8 |" in tables[0][1] and "| train.stages | 2:1:0:25,1:2:0:25 |" in \
+        tables[0][1]
+    assert sessions == [{k: float(v) if type(v) in (int, float) else v
+                         for k, v in fields.items()}]
 
 
 def test_saved_model_rollout_equals_the_keras_model(smoke_run, data_dir):
@@ -318,6 +353,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(data_dir, tmp_path):
     expected, found = (json.loads((run / "summary.json").read_text()) for run in (clean, killed))
     assert "loss/total" in found["final"] and "val_loss/total" in found["final"]
     assert without_timing(found) == without_timing(expected)
+    assert len(config_events(killed)[0]) == 1, "a resumed run does not record its config again"
     left = [*killed.glob(".*tmp*"), *(killed / "export").glob(".*tmp*")]
     assert not left, "the resumed run removes what the killed ones left"
 

@@ -52,6 +52,15 @@ def config_from_flags(sections: Sequence[str] | None = None) -> Config:
     return get_config(FLAGS.config, **overrides)
 
 
+def config_fields(config: Config) -> dict[str, bool | int | float | str]:
+    """Every field of a config by `section.field`, valued as its flag takes it (stages as
+    epochs:n_step:noise:batches_per_epoch,...)."""
+    return {f"{section}.{field}": ",".join(map(str, value)) if isinstance(value, tuple)
+            else value
+            for section, fields in _SECTIONS.items() for field in fields
+            for value in [getattr(getattr(config, section), field)]}
+
+
 # The config sections each command reads; a command not listed reads them all (train).
 COMMAND_SECTIONS = {"datagen": ("data",), "evaluate": (), "netcdf": (), "export": ()}
 SHARED = ("config", "data_dir", "progress")
@@ -105,14 +114,12 @@ def help_text(module: ModuleType, argv: Sequence[str]) -> str:
             return "\n".join(lines + ["", f"unknown --config {name}; presets: "
                                       f"{', '.join(sorted(PRESETS))}"])
         lines += ["", f"config fields (each a flag; the values of --config {name}):"]
+        values = config_fields(preset)
         for section in sections:
-            values = getattr(preset, section)
             lines.append(f"  {section}:")
             for field in _SECTIONS[section]:
-                value = getattr(values, field)
-                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
                 choices = f"  (one of {', '.join(CHOICES[field])})" if field in CHOICES else ""
-                lines.append(f"    --{field} = {shown}{choices}")
+                lines.append(f"    --{field} = {values[f'{section}.{field}']}{choices}")
     lines += ["", "--helpfull also lists absl's and TensorFlow's own flags."]
     return "\n".join(lines)
 

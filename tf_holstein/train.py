@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
+from tensorboard.plugins.hparams import api as hparams
 
 from tf_holstein import (cli, data, datagen, export, losses, metrics, models, plots, records,
                          rollout, runs)
@@ -323,6 +324,8 @@ class Trainer:
         bar = tqdm(total=train.total_steps, initial=int(self.optimizer.iterations.numpy()),
                    disable=not (progress and self.is_chief), unit=" steps", dynamic_ncols=True)
         final: dict[str, Any] = json.loads(self.last_metrics.numpy())  # if none are left
+        if not int(self.optimizer.iterations.numpy()):  # once per run, not again on resume
+            write_config(writer, self.config)
         start_epoch = int(self.epoch.numpy())
         if start_epoch == 0 and train.select_by != "loss":
             # The starting model competes for best too (a split step, a warm start): the run
@@ -392,6 +395,17 @@ class Trainer:
                 tf.summary.image("val/order_parameters",
                                  plots.order_parameter_image(traces, trajectory=0)[None])
         return scores
+
+
+def write_config(writer: tf.summary.SummaryWriter, config: Config) -> None:
+    """The run's config in TensorBoard at step 0: a markdown table of every field (Text) and
+    the fields as hyperparameters (HParams), so that runs can be told apart and compared."""
+    fields = {"name": config.name, **cli.config_fields(config)}
+    table = "\n".join(["| field | value |", "|---|---|",
+                       *(f"| {name} | {value} |" for name, value in fields.items())])
+    with writer.as_default(step=0):
+        tf.summary.text("config", table)
+        hparams.hparams(fields)
 
 
 def _write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float],
