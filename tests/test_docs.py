@@ -100,6 +100,19 @@ def test_license_and_citation_name_this_version():
     assert "preferred-citation:" in citation
 
 
+def test_the_faq_quotes_the_errors_as_the_code_words_them():
+    """The FAQ answers error messages by their words: those words must still be the code's."""
+    faq = " ".join((ROOT / "docs" / "faq.md").read_text().split())
+    code = "".join(path.read_text() for folder in ("tf_holstein", "pipelines")
+                   for path in (ROOT / folder).glob("*.py"))
+    for words in ("model and dataset do not match: ", "the model was trained on L = ",
+                  "already holds a dataset made with different parameters",
+                  "is not the one the run trained on", "pass --allow_other_L to run it anyway",
+                  "the model's signature only takes"):
+        assert words in faq and words in code, words
+    assert "(docs/faq.md)" in README.read_text()
+
+
 def load_script(name: str, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
