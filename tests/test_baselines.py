@@ -150,13 +150,16 @@ def test_trotter_baseline_steps_like_the_integrator(smoke_meta):
     ("rk4:0.03", "must divide the saved interval"),
     ("rk4:-1", "positive time step"),
     ("trotter2:abc", "positive time step"),
-    ("rk4:0.04:float16", "precision 'float16'"),
+    ("rk4:0.04:float16", "option 'float16' is not understood"),
+    ("trotter2:0.04:band4", "option 'band4' is not understood"),
+    ("rk4:0.04:band0", "bandW with W a whole number >= 1"),
+    ("rk4:0.04:band20", "bandwidth 20 exceeds L/2 = 16"),
     ("split:0", "N, a whole number of parts per saved step >= 1"),
     ("split:two", "expected N, a whole number"),
     ("rk4", "not a baseline spec"),
 ])
 def test_bad_specs_are_refused_with_the_reason(spec, message):
-    meta = {"config": {"g_f": 1.0, "dt": 0.01}, "time_step": 2.56}
+    meta = {"config": {"g_f": 1.0, "dt": 0.01, "L": 32}, "time_step": 2.56}
     assert baselines.is_baseline(spec)
     with pytest.raises(ValueError, match=message):
         baselines.baseline_model(spec, meta)

@@ -41,6 +41,38 @@ def test_band_derivatives_equal_dense_ones(L):
     assert_states_close(simulate.unpack(band), numpy_derivatives(rho, Q, P, 0.7), atol=1e-14)
 
 
+def truncated(rho, W):
+    """rho with the entries of |i - j| > W (periodic distance) set to zero."""
+    L = rho.shape[-1]
+    distance = np.abs(np.arange(L)[:, None] - np.arange(L)[None, :])
+    return np.where(np.minimum(distance, L - distance) <= W, rho, 0)
+
+
+@pytest.mark.parametrize("W", [1, 2, 3])
+def test_a_truncated_band_evolves_as_the_truncated_matrix_within_the_band(W):
+    """On a band of width W < L/2 the derivative is the dense one of rho with the entries
+    beyond the band set to zero, read inside the band; outside, unpack gives zeros."""
+    L = 8
+    rho, Q, P = random_state(L)
+    state = simulate.pack(rho, Q, P, bandwidth=W)
+    assert state.X.shape == (L, W + 1, 3)
+    assert_states_close(simulate.unpack(state), (truncated(rho, W), Q, P), atol=1e-15)
+    expected = numpy_derivatives(truncated(rho, W), Q, P, 0.7)
+    got = simulate.unpack(simulate.derivatives(state, tf.constant(0.7, tf.float64)))
+    assert_states_close(got, (truncated(expected[0], W), *expected[1:]), atol=1e-14)
+
+
+def test_a_truncated_band_keeps_the_trace_and_is_refused_beyond_half_the_chain():
+    L = 8
+    rho, Q, P = random_state(L)
+    state = simulate.integrate(simulate.pack(rho, Q, P, bandwidth=2), 200, 0.8, DT)
+    np.testing.assert_allclose(np.trace(simulate.unpack(state)[0], axis1=1, axis2=2).real,
+                               np.trace(rho, axis1=1, axis2=2).real, atol=1e-12)
+    for W in (0, L // 2 + 1):
+        with pytest.raises(ValueError, match=f"bandwidth {W} must lie in"):
+            simulate.pack(rho, Q, P, bandwidth=W)
+
+
 def test_one_step_eagerly_matches_numpy():
     rho, Q, P = random_state(8)
     got = simulate.rk4_step(simulate.pack(rho, Q, P), tf.constant(0.8, tf.float64),

@@ -7,6 +7,7 @@ behind the same rollout interface, named by a `--model` spec.
 | `rk4:DT` | RK4 at time step DT (`simulate.rk4_step`) | 4 | T / DT x 4 stencil sweeps |
 | `trotter2:DT`, `trotter4:DT` | Trotter-Suzuki over even and odd bonds (`integrators`) | 2, 4 | T / DT x 4 (x 5 at fourth order) elementwise passes over rho |
 | `split:N` | the split step with exact frozen-lattice flows (`physics.split_step`) | 2 | N eigendecompositions of H(Q), O(L^3) |
+| `rk4:DT:bandW` | RK4 on rho's band \|i - j\| <= W alone, the rest taken as zero (`simulate`) | approximate | T / DT x 4 sweeps of O(L W) |
 
 Each takes `:float32` after it (e.g. `rk4:0.04:float32`) to run in single precision;
 float64 by default. DT must divide the dataset's saved interval. Every rollout call
@@ -27,8 +28,10 @@ EXACT = "exact"
 SPLIT, RK4 = "split", "rk4"
 TROTTER = {"trotter2": 2, "trotter4": 4}
 PRECISIONS = {"float64": tf.float64, "float32": tf.float32}
+BAND = "band"
 SPECS = (f"{EXACT}, {SPLIT}:N, {RK4}:DT, {', '.join(f'{name}:DT' for name in TROTTER)}, "
-         f"each but {EXACT} optionally followed by :float32")
+         f"each but {EXACT} optionally followed by :float32; {RK4} also by :{BAND}W "
+         f"(W, the kept bandwidth of rho, in [1, L/2])")
 
 
 def is_baseline(spec: str) -> bool:
@@ -44,12 +47,21 @@ def baseline_model(spec: str, meta: Mapping[str, Any]) -> rollout.LoadedModel:
         return rollout.LoadedModel(Path(EXACT), EXACT, exact_rollout(meta), {}, None,
                                    precision="float64")
     method, *rest = spec.split(":")
-    if method not in (SPLIT, RK4, *TROTTER) or not 1 <= len(rest) <= 2:
+    if method not in (SPLIT, RK4, *TROTTER) or not 1 <= len(rest) <= 3:
         raise ValueError(f"--model {spec}: not a baseline spec; valid: {SPECS}")
-    precision = rest[1] if len(rest) == 2 else "float64"
-    if precision not in PRECISIONS:
-        raise ValueError(f"--model {spec}: precision {precision!r} is not one of "
-                         f"{', '.join(PRECISIONS)}")
+    precision, bandwidth = None, None
+    for option in rest[1:]:
+        if option in PRECISIONS and precision is None:
+            precision = option
+        elif option.startswith(BAND) and method == RK4 and bandwidth is None:
+            bandwidth = _whole(option[len(BAND):], spec, f"{BAND}W with W a whole number")
+            if bandwidth > config["L"] // 2:
+                raise ValueError(f"--model {spec}: the bandwidth {bandwidth} exceeds L/2 = "
+                                 f"{config['L'] // 2} of the dataset")
+        else:
+            raise ValueError(f"--model {spec}: option {option!r} is not understood; valid: "
+                             f"{SPECS}")
+    precision = precision or "float64"
     dtype, g = PRECISIONS[precision], config["g_f"]
     if method == SPLIT:
         parts = _whole(rest[0], spec, "N, a whole number of parts per saved step")
@@ -63,7 +75,7 @@ def baseline_model(spec: str, meta: Mapping[str, Any]) -> rollout.LoadedModel:
             raise ValueError(f"--model {spec}: the time step {dt:g} must divide the saved "
                              f"interval {time_step:g} of the dataset")
         if method == RK4:
-            state_rollout = rk4_rollout(g, dt, substeps, dtype)
+            state_rollout = rk4_rollout(g, dt, substeps, dtype, bandwidth)
         else:
             order = TROTTER[method]
             state_rollout = compiled_rollout(
@@ -133,9 +145,11 @@ def compiled_rollout(advance: Callable[[Any], Any], dtype: tf.DType, jit_compile
     return state_rollout
 
 
-def rk4_rollout(g: float, dt: float, substeps: int, dtype: tf.DType) -> rollout.RolloutFn:
+def rk4_rollout(g: float, dt: float, substeps: int, dtype: tf.DType,
+                bandwidth: int | None = None) -> rollout.RolloutFn:
     """RK4 at time step dt, `substeps` steps per saved step, on the simulator's band
-    layout (`simulate`), in precision `dtype`."""
+    layout (`simulate`), in precision `dtype`; on rho's band |i - j| <= bandwidth alone if
+    that is given (the rest taken as zero, an approximation)."""
     g_t, dt_t = tf.constant(g, dtype), tf.constant(dt, dtype)
 
     def advance(state: simulate.BandState) -> simulate.BandState:
@@ -143,7 +157,7 @@ def rk4_rollout(g: float, dt: float, substeps: int, dtype: tf.DType) -> rollout.
                              (state,), maximum_iterations=substeps)[0]
 
     return compiled_rollout(advance, dtype, unpack=simulate.unpack,
-                            pack=lambda rho, Q, P: simulate.pack(rho, Q, P, dtype))
+                            pack=lambda rho, Q, P: simulate.pack(rho, Q, P, dtype, bandwidth))
 
 
 def _whole(text: str, spec: str, what: str) -> int:

@@ -11,6 +11,9 @@ The hot loop is real float64 arithmetic on an O(L^2) stencil, compiled by XLA
       M_{i+1,j} = E[i+1, d-1], M_{i-1,j} = E[i-1, d+1], M_{i,j±1} = E[i, d±1],
   i periodic, and the columns d = -1 and d = L/2 + 1 outside the band come back
   in by Hermiticity: E[i, -1] = conj E[i-1, 1], E[i, L/2+1] = conj E[i+L/2+1, L/2-1].
+- A truncated band (`pack(..., bandwidth=W)`, W < L/2) keeps d in [0, W] only and
+  takes the entries beyond it as zero: an approximation of O(L W) work per step instead
+  of O(L^2), for states whose rho decays away from the diagonal (`baselines`, `rk4:DT:bandW`).
 - The batch axis is last, so every shift moves whole vectors of trajectories.
 - Each RK4 stage writes a padded copy [L+2, L/2+3, B] of its input holding those
   neighbours, behind an XLA optimization barrier; the stencil then reads plain
@@ -42,37 +45,43 @@ class BandState(NamedTuple):
     """A batch of states in band layout (module docstring), float64 (or float32), batch
     axis last."""
 
-    X: tf.Tensor  # [L, L/2+1, B]  Re rho_{i, i+d}
-    Y: tf.Tensor  # [L, L/2+1, B]  Im rho_{i, i+d}
+    X: tf.Tensor  # [L, W+1, B]  Re rho_{i, i+d}, W = L/2 (or a truncated bandwidth)
+    Y: tf.Tensor  # [L, W+1, B]  Im rho_{i, i+d}
     Q: tf.Tensor  # [L, B]
     P: tf.Tensor  # [L, B]
 
 
-def _band_index(L: int) -> np.ndarray:
-    """int [L, L/2+1]: (i, d) -> the flat index i L + (i + d mod L) of rho_{i, i+d}."""
-    i, d = np.arange(L)[:, None], np.arange(L // 2 + 1)[None, :]
+def _band_index(L: int, W: int) -> np.ndarray:
+    """int [L, W+1]: (i, d) -> the flat index i L + (i + d mod L) of rho_{i, i+d}."""
+    i, d = np.arange(L)[:, None], np.arange(W + 1)[None, :]
     return i * L + (i + d) % L
 
 
-def _unband_index(L: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each (i, j): the flat band index [L, L] holding rho_ij or its conjugate, and the
-    sign [L, L] of the imaginary part (-1 where the band holds rho_ji = conj rho_ij)."""
-    h = L // 2
+def _unband_index(L: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each (i, j): the flat index [L, L] into the band [L, W+1] (followed by one zero
+    entry, index L (W+1), for pairs beyond a truncated band) holding rho_ij or its
+    conjugate, and the sign [L, L] of the imaginary part (-1 where the band holds
+    rho_ji = conj rho_ij)."""
     i, j = np.arange(L)[:, None], np.arange(L)[None, :]
-    in_band = (j - i) % L <= h
-    index = np.where(in_band, i * (h + 1) + (j - i) % L, j * (h + 1) + (i - j) % L)
-    return index, np.where(in_band, 1.0, -1.0)
+    upper, lower = (j - i) % L, (i - j) % L
+    index = np.where(upper <= W, i * (W + 1) + upper,
+                     np.where(lower <= W, j * (W + 1) + lower, L * (W + 1)))
+    return index, np.where(upper <= W, 1.0, -1.0)
 
 
-def pack(rho: Any, Q: Any, P: Any, dtype: tf.DType = tf.float64) -> BandState:
+def pack(rho: Any, Q: Any, P: Any, dtype: tf.DType = tf.float64,
+         bandwidth: int | None = None) -> BandState:
     """Band layout of states rho complex [B, L, L] (Hermitian), Q, P real [B, L], in the
     real precision `dtype` (float64, as the data are made, or float32).
 
-    Only rho's band j - i mod L in [0, L/2] is read.
+    Only rho's band j - i mod L in [0, W] is read: W = bandwidth, default L/2 (exact).
     """
     rho = tf.cast(tf.convert_to_tensor(rho), COMPLEX[dtype])
     B, L = rho.shape[0], rho.shape[-1]
-    band = tf.gather(tf.reshape(rho, [B, L * L]), _band_index(L), axis=1)  # [B, L, L/2+1]
+    W = L // 2 if bandwidth is None else bandwidth
+    if not 1 <= W <= L // 2:
+        raise ValueError(f"bandwidth {W} must lie in [1, L/2 = {L // 2}]")
+    band = tf.gather(tf.reshape(rho, [B, L * L]), _band_index(L, W), axis=1)  # [B, L, W+1]
     band = tf.transpose(band, [1, 2, 0])
 
     def batch_last(x: Any) -> tf.Tensor:
@@ -86,12 +95,17 @@ def unpack(state: BandState) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     (complex64 and float32 from a float32 state).
 
     rho is exactly Hermitian: the band's two copies of the d = L/2 entries are
-    averaged and the imaginary diagonal (zero up to rounding) is dropped.
+    averaged and the imaginary diagonal (zero up to rounding) is dropped. Entries beyond
+    a truncated band are zero.
     """
-    L = state.Q.shape[0]
-    index, sign = _unband_index(L)
-    X = tf.gather(tf.reshape(state.X, [-1, tf.shape(state.X)[-1]]), index)  # [L, L, B]
-    Y = tf.gather(tf.reshape(state.Y, [-1, tf.shape(state.Y)[-1]]), index) * sign[:, :, None]
+    L, W = state.X.shape[0], state.X.shape[1] - 1
+    index, sign = _unband_index(L, W)
+
+    def full(E: tf.Tensor) -> tf.Tensor:
+        flat = tf.reshape(E, [-1, tf.shape(E)[-1]])
+        return tf.gather(tf.concat([flat, tf.zeros_like(flat[:1])], axis=0), index)
+
+    X, Y = full(state.X), full(state.Y) * sign[:, :, None]  # [L, L, B]
     X = 0.5 * (X + tf.transpose(X, [1, 0, 2]))
     Y = 0.5 * (Y - tf.transpose(Y, [1, 0, 2]))
     rho = tf.transpose(tf.complex(X, Y), [2, 0, 1])
@@ -101,11 +115,15 @@ def unpack(state: BandState) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
 def _padded(E: tf.Tensor, parity: float) -> tf.Tensor:
     """E [L, h+1, B] with its stencil neighbours: [L+2, h+3, B] for rows i = -1..L
     (periodic) and columns d = -1..h+1, the outer two by Hermiticity (parity +1 for
-    the real part, -1 for the imaginary part, which conjugation flips)."""
+    the real part, -1 for the imaginary part, which conjugation flips); beyond a
+    truncated band (h < L/2) the column d = h+1 is zero."""
     L, h = E.shape[0], E.shape[1] - 1
     rows = np.arange(-1, L + 1)
     left = parity * tf.gather(E[:, 1], (rows - 1) % L)  # E[i, -1] = conj E[i-1, 1]
-    right = parity * tf.gather(E[:, h - 1], (rows + h + 1) % L)  # E[i, h+1] = conj E[i+h+1, h-1]
+    if 2 * h == L:
+        right = parity * tf.gather(E[:, h - 1], (rows + h + 1) % L)  # conj E[i+h+1, h-1]
+    else:
+        right = tf.zeros_like(left)
     return tf.concat([left[:, None], tf.gather(E, rows % L), right[:, None]], axis=1)
 
 
