@@ -88,6 +88,52 @@ def test_shipped_savedmodel_and_keras_file_agree_and_move(name, config_name):
     np.testing.assert_allclose(trace, L / 2, atol=1e-2)
 
 
+REFERENCE = np.load(Path(__file__).resolve().parent / "data" / "shipped_outputs.npz")
+
+
+@pytest.mark.parametrize("name", EVERY_SHIPPED)
+def test_shipped_models_give_their_stored_outputs(name):
+    """Each form of every shipped model rolls out, and its .keras model steps, as when the
+    outputs were stored (make_reference_outputs.py): on the machine that stored them bit for
+    bit; on another CPU its kernels may round float32 sums in another order, each step by
+    at most KERNEL_ULPS units of the values' scale, carried along as the model's dynamics
+    amplify a small error (bounded as in the test above)."""
+    stored = {key[len(name) + 1:]: REFERENCE[key] for key in REFERENCE.files
+              if key.startswith(name + "/")}
+    state = {key: stored[f"input/{key}"] for key in records.STATE_KEYS}
+    L = state["Q"].shape[-1]
+    forms = {"saved_model": evaluation.load_model(SHIPPED / name),
+             "keras": evaluation.load_model(SHIPPED / name / "model.keras")}
+    model = forms["keras"].handle
+    scales = model.scales
+    per_step = KERNEL_ULPS * EPS32
+    if model.split_steps:
+        h_norm = 2 * physics.HOPPING + model.coupling * np.abs(state["Q"]).max()
+        per_step += eigh_tolerance(L, h_norm, model.time_step) / scales["rho"]
+    steps = stored["keras/rollout/Q"].shape[1]
+    bound = 4 * per_step * np.cumsum(amplification(model.rollout, state, scales, steps))
+
+    def expected(prefix: str) -> dict[str, np.ndarray]:
+        return {key: stored[f"{prefix}/{key}"] for key in records.STATE_KEYS}
+
+    for form, loaded in forms.items():
+        gap = scaled_gap(loaded.rollout(state, steps), expected(f"{form}/rollout"), scales)
+        assert np.all(gap <= bound), (form, gap, bound)
+    if model.has_derivatives:
+        step, derivative = model.step(state, return_derivatives=True)
+        rate_scales = {key: scales["d" + key] for key in records.STATE_KEYS}
+        assert scaled_gap(one_step(derivative), one_step(expected("keras/derivative")),
+                          rate_scales)[0] <= KERNEL_ULPS * EPS32
+    else:
+        step = model.step(state)
+    assert scaled_gap(one_step(step), one_step(expected("keras/step")), scales)[0] <= per_step
+
+
+def one_step(state: dict) -> dict[str, np.ndarray]:
+    """A single state (or rate) as a rollout of one step, as `scaled_gap` takes it."""
+    return {key: np.asarray(value)[:, None] for key, value in state.items()}
+
+
 def bad_inputs(L: int) -> dict[str, tuple[dict[str, np.ndarray], str]]:
     """A valid batch of two states, and every way a client can get one wrong, with the error
     each must raise: {case: (inputs, message)}."""
