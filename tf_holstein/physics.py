@@ -30,8 +30,8 @@ def stagger(L: int | tf.Tensor, dtype: tf.DType = tf.float64) -> tf.Tensor:
 def commutator_with_h(m: tf.Tensor, Q: tf.Tensor, g: float) -> tf.Tensor:
     """[H(Q), m] as an O(L^2) stencil, for any matrix m [..., L, L] and Q [..., L].
 
-    (H m)_ij = -t (m_{i+1,j} + m_{i-1,j}) - g Q_i m_ij and
-    (m H)_ij = -t (m_{i,j+1} + m_{i,j-1}) - g Q_j m_ij on a periodic chain.
+    `(H m)_ij = -t (m_{i+1,j} + m_{i-1,j}) - g Q_i m_ij` and
+    `(m H)_ij = -t (m_{i,j+1} + m_{i,j-1}) - g Q_j m_ij` on a periodic chain.
     """
     hop = (tf.roll(m, -1, axis=-2) + tf.roll(m, 1, axis=-2)
            - tf.roll(m, -1, axis=-1) - tf.roll(m, 1, axis=-1))
