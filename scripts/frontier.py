@@ -11,6 +11,7 @@ into `<out>/<label>` (skipped if its metrics.json is there: the run resumes; `--
 redoes it), cost included (`tf_holstein.cost`). Writes to `--out`:
 - frontier.json and frontier.md: per model the climate error (the larger of
   max |A_pred - A_true| of Delta_rho and Delta_Q), the W1 distances of their distributions,
+  max |A_pred - A_true| of S(k, t) at k = pi and pi - 2 pi / L (shown, not part of the error),
   the cost in microseconds per trajectory per saved step and relative to `exact` (if
   evaluated), whether it is Pareto-optimal (no other model both cheaper and more accurate)
   and whether it meets `--bound` (default: the sampling floor + 0.015; below about the
@@ -28,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import baselines, comparison, evaluation, metrics, records
+from tf_holstein import baselines, comparison, evaluation, metrics, near_pi, records
 from tf_holstein.plots import plt, save_figure
 
 
@@ -49,12 +50,15 @@ def point(result: Mapping[str, Any]) -> dict[str, Any]:
     summary = result["summary"]
     names = metrics.ORDER_PARAMETERS
     errors = [summary[name]["autocorrelation_max_abs_diff"] for name in names]
+    modes = result.get(near_pi.SECTION, {})
     # None where every trajectory diverged: no climate to score.
     return {"error": None if None in errors else max(errors),
             **{f"{name}_autocorrelation": summary[name]["autocorrelation_max_abs_diff"]
                for name in names},
             **{f"{name}_wasserstein_1": result.get("distribution", {}).get(name, {}).get(
                 "wasserstein_1") for name in names},
+            **{f"{name}_autocorrelation": modes.get(name, {}).get("autocorrelation", {}).get(
+                "max_abs_diff") for name in near_pi.MODES},
             "floor": max(summary[name]["autocorrelation_sampling_floor"] for name in names),
             "n_diverged": summary["n_diverged"],
             "cost": result["cost"]["us_per_trajectory_step"],
@@ -64,7 +68,9 @@ def point(result: Mapping[str, Any]) -> dict[str, Any]:
 def grouped(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A group of models (seeds) as the median of each number, with the error's range."""
     errors = [p["error"] for p in points if p["error"] is not None]
-    numeric = [key for key, value in points[0].items() if isinstance(value, (int, float))]
+    # Numbers that some member has (another may have None: every trajectory diverged).
+    numeric = [key for key in points[0]
+               if any(isinstance(p[key], (int, float)) for p in points)]
 
     def median(key: str) -> float | None:
         values = [p[key] for p in points if p[key] is not None]
@@ -104,12 +110,15 @@ def table(points: Mapping[str, Mapping[str, Any]], front: Sequence[str], bound: 
     """frontier.md: one row per model, cheapest first."""
     exact = points.get(baselines.EXACT)
     lines = ["| model | precision | cost (us / trajectory / saved step) | relative to exact | "
-             "max \\|A - A_true\\| Delta_rho, Delta_Q | W1 Delta_rho, Delta_Q | diverged | "
-             f"Pareto | within {bound:.3f} |", "|---|---|---|---|---|---|---|---|---|"]
-    def pair(p: Mapping[str, Any], key: str, digits: int) -> str:
-        values = [p[f"{name}_{key}"] for name in metrics.ORDER_PARAMETERS]
-        return "every trajectory diverged" if None in values else \
-            ", ".join(f"{v:.{digits}f}" for v in values)
+             "max \\|A - A_true\\| Delta_rho, Delta_Q | W1 Delta_rho, Delta_Q | "
+             "max \\|A - A_true\\| S(pi), S(pi - 2 pi / L) | diverged | "
+             f"Pareto | within {bound:.3f} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    def pair(p: Mapping[str, Any], key: str, digits: int,
+             names: Sequence[str] = metrics.ORDER_PARAMETERS) -> str:
+        values = [p.get(f"{name}_{key}") for name in names]
+        if None in values:  # no climate, or an evaluation stored before S(k, t) was scored
+            return "every trajectory diverged" if p["error"] is None else "n/a"
+        return ", ".join(f"{v:.{digits}f}" for v in values)
 
     for label, p in sorted(points.items(), key=lambda item: item[1]["cost"]):
         error = pair(p, "autocorrelation", 3)
@@ -118,7 +127,9 @@ def table(points: Mapping[str, Mapping[str, Any]], front: Sequence[str], bound: 
                       f"{p['error_range'][1]:.3f})")
         relative = f"{p['cost'] / exact['cost']:.3f}" if exact else ""
         lines.append(f"| {label} | {p['precision']} | {p['cost']:,.1f} | {relative} | {error} | "
-                     f"{pair(p, 'wasserstein_1', 4)} | {p['n_diverged']:g} | "
+                     f"{pair(p, 'wasserstein_1', 4)} | "
+                     f"{pair(p, 'autocorrelation', 3, list(near_pi.MODES))} | "
+                     f"{p['n_diverged']:g} | "
                      f"{'yes' if label in front else ''} | {'yes' if within(p, bound) else ''} |")
     return "\n".join(lines) + "\n"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tf_holstein import climate, climate_plots, physics
+from tf_holstein import climate, climate_plots, near_pi, physics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +119,32 @@ def test_structure_factor_of_a_cdw_sits_at_pi():
     assert k[-1] == pytest.approx(np.pi)
     # |sum_j A (-1)^(j+1) e^{-i pi j}|^2 / L = L A^2; every other k vanishes.
     np.testing.assert_allclose(factor, [0, 0, 0, 0, L * amplitude ** 2], atol=1e-12)
+
+
+def test_s_of_k_near_pi_scaled_keeps_its_autocorrelation():
+    """A(tau) does not see a scale: S(k, t) near pi predicted a times too large scores
+    max |A_pred - A_true| = 0 and a mean relative error of a - 1, each floor positive;
+    nothing kept, nothing predicted; the lags stop at the series' length."""
+    x = noisy_series(n=6, length=64) + 5.0
+    truth = {"S_pi": x, "S_pi_minus_dk": 2.0 * x}
+    a = 1.3
+    out = near_pi.near_pi_climate(truth, {name: a * v for name, v in truth.items()}, 8,
+                                  max_lag=10, draws=5)
+    assert out["max_lag"] == 10
+    for name, k in (("S_pi", np.pi), ("S_pi_minus_dk", 0.75 * np.pi)):
+        entry = out[name]
+        assert entry["k"] == pytest.approx(k)
+        assert entry["prediction"] == pytest.approx(a * entry["truth"])
+        assert entry["relative_error"] == pytest.approx(a - 1)
+        assert entry["autocorrelation"]["max_abs_diff"] == pytest.approx(0.0, abs=1e-12)
+        assert len(entry["autocorrelation"]["truth"]) == 11
+        assert entry["sampling_floor"] > 0 and entry["autocorrelation"]["sampling_floor"] > 0
+    none = near_pi.near_pi_climate(truth, truth, 8, kept=np.zeros(6, bool), draws=5)
+    assert none["max_lag"] == 63
+    assert none["S_pi"]["prediction"] is None and none["S_pi"]["relative_error"] is None
+    assert none["S_pi"]["autocorrelation"]["max_abs_diff"] is None
+    with pytest.raises(ValueError, match="even chain"):
+        near_pi.series(np.ones((2, 5)), 9)
 
 
 def test_sampling_floor_vanishes_for_identical_trajectories_only():

@@ -13,8 +13,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from float32 import kernel_tolerance
-from tf_holstein import (baselines, climate, evaluation, export, metrics, models, physics, records,
-                         rollout)
+from tf_holstein import (baselines, climate, evaluation, export, metrics, models, near_pi, physics,
+                         records, rollout)
 from tf_holstein.configs import get_config
 
 SMOKE = get_config("smoke")
@@ -509,6 +509,67 @@ def test_the_climate_of_a_constant_forecast_equals_a_direct_computation(identity
         factors["relative_error"])
     assert "lyapunov_truth" not in head and not (tmp_path / "lyapunov.png").exists()
     assert all((tmp_path / name).stat().st_size > 0 for name in FIGURES)
+
+
+def test_the_rollout_keeps_s_of_k_near_pi_step_by_step(truth, smoke_meta):
+    """In chunks and batches of one, the S(k, t) series at k = pi and pi - 2 pi / L are
+    climate.structure_factor of the stored Q and of the forecast's (constant: step 0's)."""
+    L, steps = smoke_meta["L"], smoke_meta["T"]
+
+    def constant(state, n_steps):
+        return {key: np.repeat(value[:, None], n_steps, axis=1) for key, value in state.items()}
+
+    collected = rollout.against_truth(
+        constant, rollout.array_batches(truth, batch_size=1), steps,
+        smoke_meta["config"]["g_f"], metrics.divergence_limits(smoke_meta["scales"]), chunk=5)
+    k, factors = climate.structure_factor(truth["Q"])
+    for name, m in (("S_pi", L // 2), ("S_pi_minus_dk", L // 2 - 1)):
+        assert k[m] == pytest.approx(near_pi.wave_number(name, L))
+        np.testing.assert_allclose(collected.structure_series["truth"][name],
+                                   factors[:, 1:, m], rtol=1e-12)
+        np.testing.assert_allclose(collected.structure_series["prediction"][name],
+                                   np.repeat(factors[:, :1, m], steps, axis=1), rtol=1e-12)
+
+
+def png_height(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")
+
+
+@pytest.mark.parametrize("states", [True, False])
+def test_s_of_k_near_pi_of_the_replayed_truth(truth, smoke_dataset, smoke_meta, tmp_path,
+                                              states):
+    """The truth replayed as the prediction: S(k, t) near pi scores 0 on its mean and its
+    A(tau), against positive floors, in metrics.json, the headline and a second row of
+    autocorrelation.png. From the order parameters alone there is no S(k, t): no entries."""
+    orders = physics.order_parameters(truth["rho"].astype(np.complex128),
+                                      truth["Q"].astype(np.float64))
+    path = tmp_path / "truth.npz"
+    np.savez(path, index=truth["index"], **dict(zip(metrics.ORDER_PARAMETERS, map(np.asarray,
+                                                                                  orders))),
+             **({key: truth[key] for key in records.STATE_KEYS} if states else {}))
+    result = evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
+                                             progress=False)
+    head = evaluation.headline(result)
+    height = png_height(tmp_path / "out" / "autocorrelation.png")
+    if not states:
+        assert near_pi.SECTION not in result
+        assert not [key for key in head if key.startswith(tuple(near_pi.MODES))]
+        assert height == 396  # one row: 3.6 inches at 110 dpi
+        return
+    assert height == 2 * 396
+    stored = json.loads((tmp_path / "out" / "metrics.json").read_text())[near_pi.SECTION]
+    assert stored["max_lag"] == smoke_meta["T"] - 1
+    factors = climate.structure_factor(truth["Q"][:, 1:])[1]
+    for name in near_pi.MODES:
+        entry = stored[name]
+        assert entry["truth"] == pytest.approx(
+            factors[..., smoke_meta["L"] // 2 - near_pi.MODES[name]].mean(), rel=1e-12)
+        assert entry["relative_error"] == 0.0 and entry["sampling_floor"] > 0
+        assert entry["autocorrelation"]["max_abs_diff"] == 0.0
+        assert entry["autocorrelation"]["sampling_floor"] > 0
+        assert head[f"{name}_autocorrelation_max_abs_diff"] == 0.0
+        assert head[f"{name}_autocorrelation_sampling_floor"] == \
+            entry["autocorrelation"]["sampling_floor"]
 
 
 def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth, tmp_path):

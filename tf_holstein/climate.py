@@ -348,15 +348,15 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
         pieces = min(segment, x.shape[1])
         frequency, spectra = periodograms(x, time_step, pieces)
         predicted = power_spectrum(y, time_step, pieces)[1] if some else None
-        out["spectrum"][name] = _spectrum_entry(spectra, predicted, draws, seed,
-                                                frequency=frequency)
+        out["spectrum"][name] = spectrum_entry(spectra, predicted, draws, seed,
+                                               frequency=frequency)
     if structure_factors is not None:
         factors = np.asarray(structure_factors["truth"], np.float64)
         k = _wave_numbers(2 * (factors.shape[-1] - 1))
         predicted = np.asarray(structure_factors["prediction"])[kept].mean(axis=0) \
             if kept.any() else None
-        out["spectrum"]["structure_factor"] = _spectrum_entry(factors, predicted, draws, seed,
-                                                              k=k)
+        out["spectrum"]["structure_factor"] = spectrum_entry(factors, predicted, draws, seed,
+                                                             k=k)
     stacked = [np.stack([np.asarray(s[name], np.float64) for name in names], axis=-1)
                for s in (truth, prediction)]
     combined = valid_time(*stacked, time_step, threshold, first_step, kept)
@@ -369,8 +369,11 @@ def climate_metrics(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np
     return out
 
 
-def _spectrum_entry(per_trajectory: np.ndarray, predicted: np.ndarray | None, draws: int,
-                    seed: int, **grid: np.ndarray) -> dict[str, Any]:
+def spectrum_entry(per_trajectory: np.ndarray, predicted: np.ndarray | None, draws: int,
+                   seed: int, **grid: Any) -> dict[str, Any]:
+    """A spectrum as metrics.json holds it: the `grid` entries, the truth's ensemble mean of
+    `per_trajectory` [n, ...], the prediction's mean `predicted` (None: nothing kept), their
+    `spectrum_relative_error` and its `bootstrap_floor`."""
     truth = per_trajectory.mean(axis=0)
     return {**grid, "truth": truth, "prediction": predicted,
             "relative_error": spectrum_relative_error(truth, predicted)

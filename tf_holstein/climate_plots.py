@@ -8,12 +8,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from tf_holstein import plots
 from tf_holstein.plots import plt, save_figure
 
 FIGURES = ("distributions.png", "spectra.png", "lyapunov.png", "valid_time.png")
 SOURCES = (("truth", "tab:blue"), ("prediction", "tab:red"))
-SYMBOLS = {"Delta_rho": r"$\Delta_\rho$", "Delta_Q": r"$\Delta_Q$",
-           "structure_factor": "S(k) of Q"}
+SYMBOLS = {**plots.SYMBOLS, "structure_factor": "S(k) of Q"}
 
 
 def _score(entry: Mapping[str, Any], key: str, label: str) -> str:

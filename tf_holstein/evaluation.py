@@ -8,7 +8,8 @@ truth and prediction; ensemble percentile bands; the physical invariants of the
 predicted trajectories (energy, Tr rho, Hermiticity, Tr rho rho^dagger); and which
 trajectories diverged (non-finite values, or values far outside the training range),
 at which step; the climate beyond A(tau) (`tf_holstein.climate`: distributions, spectra,
-S(k), valid time and, on request, the largest Lyapunov exponent). Writes `metrics.json`,
+S(k), valid time and, on request, the largest Lyapunov exponent; `tf_holstein.near_pi`:
+S(k, t) at the two wave numbers nearest pi and its A(tau)). Writes `metrics.json`,
 `order_parameters.npz` (every trace) and the figures `snapshots.png`,
 `order_parameters.png`, `autocorrelation.png` and those of `climate_plots.FIGURES`.
 
@@ -33,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_holstein import (baselines, climate, climate_plots, cost, diagnostics, export, metrics,
-                         models, netcdf, physics, plots, records, rollout)
+                         models, near_pi, netcdf, physics, plots, records, rollout)
 
 SNAPSHOT_HORIZON = 48  # default snapshot steps span 0..48, as in the paper's Fig. 3
 SNAPSHOT_COUNT = 5
@@ -423,10 +424,11 @@ def evaluate_predictions(predictions: str | Path, data: str | Path, *, split: st
 
     With states in the file everything is scored (the order parameters computed from the
     states); with `Delta_rho` and `Delta_Q` alone, what they give: no state errors, no
-    invariants of the prediction, no S(k) and no snapshots, and a trajectory counts as
-    diverged where an order parameter is non-finite or beyond the divergence limits of rho or
-    Q (which bound it). Divergence is judged by the dataset's scales. `lyapunov_trajectories`
-    measures the truth's exponent only (there is no model to twin).
+    invariants of the prediction, no S(k) (nor S(k, t) near pi) and no snapshots, and a
+    trajectory counts as diverged where an order parameter is non-finite or beyond the
+    divergence limits of rho or Q (which bound it). Divergence is judged by the dataset's
+    scales. `lyapunov_trajectories` measures the truth's exponent only (there is no model
+    to twin).
     """
     path = Path(predictions)
     meta = _read_meta(data, split)
@@ -505,7 +507,7 @@ def _score(rollout_fn: rollout.RolloutFn, batches: Iterator[dict[str, np.ndarray
             snapshot_trajectory=snapshot_trajectory, snapshot_steps=snapshot_steps,
             progress=bar.update)
     result = metrics.compute_metrics(collected, meta["L"], max_lag)
-    result.update(climate_of(collected, meta["time_step"]))
+    result.update(climate_of(collected, meta["time_step"], meta["L"], max_lag))
     result["run"] = {
         "data": str(data), "split": split, "L": meta["L"], "g_f": g,
         "time_step": meta["time_step"], "steps": steps, "n_trajectories": n_traj,
@@ -525,17 +527,24 @@ def write_results(out_dir: str | Path, collected: rollout.Collected,
                   result["run"]["snapshot_steps"])
 
 
-def climate_of(collected: rollout.Collected, time_step: float) -> dict[str, Any]:
+def climate_of(collected: rollout.Collected, time_step: float, L: int,
+               max_lag: int = metrics.MAX_LAG) -> dict[str, Any]:
     """`climate.climate_metrics` of a collected rollout (steps 1..steps, the diverged
     trajectories left out of the prediction's statistics): `distribution`, `spectrum` and
-    `valid_time`; nothing for rollouts too short for a spectrum."""
+    `valid_time`, and with predicted states `near_pi.near_pi_climate` (A(tau) up to
+    max_lag); nothing for rollouts too short for a spectrum."""
     if collected.truth["Delta_rho"].shape[1] < climate.MIN_SEGMENT:
         return {}
-    return climate.climate_metrics(
+    kept = collected.first_diverged == 0
+    out = climate.climate_metrics(
         {name: collected.truth[name] for name in metrics.ORDER_PARAMETERS},
         {name: collected.prediction[name] for name in metrics.ORDER_PARAMETERS},
-        time_step, kept=collected.first_diverged == 0,
-        structure_factors=collected.structure_factors)
+        time_step, kept=kept, structure_factors=collected.structure_factors)
+    if collected.structure_series is not None:
+        out[near_pi.SECTION] = near_pi.near_pi_climate(
+            collected.structure_series["truth"], collected.structure_series["prediction"], L,
+            kept=kept, max_lag=max_lag)
+    return out
 
 
 def lyapunov_exponents(model_rollout: rollout.RolloutFn | None, data: str | Path, split: str,
@@ -571,8 +580,9 @@ def _write_traces(path: Path, collected: rollout.Collected) -> None:
 def write_figures(out_dir: Path, collected: rollout.Collected, result: Mapping[str, Any],
                   time_step: float, snapshot_steps: Sequence[int]) -> None:
     """snapshots.png (if the prediction has states), order_parameters.png (the first
-    non-diverged trajectories and the ensemble bands), autocorrelation.png and, if
-    computed, the climate's figures (`climate_plots.write_climate_figures`)."""
+    non-diverged trajectories and the ensemble bands), autocorrelation.png (with S(k, t)
+    near pi if computed) and, if computed, the climate's figures
+    (`climate_plots.write_climate_figures`)."""
     snapshots = collected.snapshots
     if snapshots["prediction"]:
         plots.save_figure(plots.snapshot_figure(snapshots["truth"], snapshots["prediction"],
@@ -586,7 +596,10 @@ def write_figures(out_dir: Path, collected: rollout.Collected, result: Mapping[s
     plots.save_figure(plots.order_parameter_traces_figure(
         traces, rows, [f"trajectory {collected.index[r]}" for r in rows], time_step, bands,
         result["bands"]["percentiles"]), out_dir / "order_parameters.png")
-    plots.save_figure(plots.autocorrelation_figure(result["autocorrelation"], time_step),
+    modes = result.get(near_pi.SECTION, {})
+    curves = {**result["autocorrelation"],
+              **{name: modes[name]["autocorrelation"] for name in near_pi.MODES if name in modes}}
+    plots.save_figure(plots.autocorrelation_figure(curves, time_step),
                       out_dir / "autocorrelation.png")
     if "distribution" in result:
         climate_plots.write_climate_figures(out_dir, result, result.get("lyapunov"))
@@ -596,8 +609,9 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers people quote from an evaluation: counts, median Delta RMSE / std, the
     autocorrelation mismatch of both order parameters with its sampling floor, the scores
     that select a model in training (`metrics.selection_scores`) and, where computed, the
-    climate's distances with their floors, the median valid time, the Lyapunov
-    exponents and the rollout's cost in microseconds per trajectory per saved step."""
+    climate's distances with their floors (S(k, t) near pi: its mean's relative error and
+    its A(tau) mismatch), the median valid time, the Lyapunov exponents and the rollout's
+    cost in microseconds per trajectory per saved step."""
     summary = result["summary"]
     numbers = {
         **{key: summary[key] for key in ("n_trajectories", "n_diverged", "steps")},
@@ -619,6 +633,12 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
             prefix = name if name == "structure_factor" else f"{name}_spectrum"
             numbers[f"{prefix}_relative_error"] = entry["relative_error"]
             numbers[f"{prefix}_sampling_floor"] = entry["sampling_floor"]
+        for name in near_pi.MODES if near_pi.SECTION in result else ():
+            entry = result[near_pi.SECTION][name]
+            numbers[f"{name}_mean_relative_error"] = entry["relative_error"]
+            numbers[f"{name}_mean_sampling_floor"] = entry["sampling_floor"]
+            for key in ("max_abs_diff", "sampling_floor"):
+                numbers[f"{name}_autocorrelation_{key}"] = entry["autocorrelation"][key]
         numbers["valid_time_median"] = result["valid_time"]["median"]
         # A median at the last time is a lower bound: say how many never left.
         numbers["valid_time_censored"] = result["valid_time"]["n_censored"]

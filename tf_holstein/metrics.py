@@ -90,6 +90,18 @@ def autocorrelation_sampling_floor(x: np.ndarray | tf.Tensor, max_lag: int, draw
     return float(np.median(np.max(np.abs(a[:, 0] - a[:, 1]), axis=-1)))
 
 
+def autocorrelation_entry(truth: np.ndarray, prediction: np.ndarray | None, max_lag: int,
+                          draws: int = 200, seed: int = 0) -> dict[str, Any]:
+    """A(tau) of a truth ensemble and of a prediction ensemble (None: nothing kept), both
+    float [n_series, T], as metrics.json holds it: `truth`, `prediction` [max_lag + 1],
+    `max_abs_diff` over tau (None without a prediction) and the truth's `sampling_floor`."""
+    truth_a = autocorrelation(truth, max_lag)
+    pred_a = None if prediction is None else autocorrelation(prediction, max_lag)
+    return {"truth": truth_a, "prediction": pred_a,
+            "max_abs_diff": None if pred_a is None else float(np.max(np.abs(pred_a - truth_a))),
+            "sampling_floor": autocorrelation_sampling_floor(truth, max_lag, draws, seed)}
+
+
 def ensemble_bands(x: np.ndarray | tf.Tensor, percentiles: Sequence[float] = PERCENTILES
                    ) -> np.ndarray:
     """Percentiles over the ensemble at every step, linearly interpolated as NumPy's
@@ -201,12 +213,8 @@ def compute_metrics(collected: Collected, L: int, max_lag: int = MAX_LAG,
         per_trajectory.update({f"{name}_rmse": rmse, f"{name}_std": std,
                                f"{name}_rmse_over_std": ratio})
         per_step["rmse"][name] = _rms(pred[kept] - truth[kept], axis=0)
-        truth_a = autocorrelation(truth, max_lag)
-        pred_a = autocorrelation(pred[kept], max_lag) if kept.any() else None
-        autocorrelations[name] = {
-            "truth": truth_a, "prediction": pred_a,
-            "max_abs_diff": float(np.max(np.abs(pred_a - truth_a))) if kept.any() else None,
-            "sampling_floor": autocorrelation_sampling_floor(truth, max_lag)}
+        autocorrelations[name] = autocorrelation_entry(truth, pred[kept] if kept.any() else None,
+                                                       max_lag)
         bands[name] = {"truth": ensemble_bands(truth, percentiles),
                        "prediction": ensemble_bands(pred[kept], percentiles)
                        if kept.any() else None}

@@ -1,5 +1,6 @@
 """Figures of truth against prediction: state snapshots (the paper's Figs. 3 and 6),
-order-parameter traces and ensemble bands (Figs. 4 and 7), autocorrelations (Fig. 8)."""
+order-parameter traces and ensemble bands (Figs. 4 and 7), autocorrelations (Fig. 8, and
+those of S(k, t) near pi)."""
 from __future__ import annotations
 
 import io
@@ -14,6 +15,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tf_holstein import records  # noqa: E402
+
+# Axis and title labels of the series A(tau) is drawn for, in the panels' order.
+SYMBOLS = {"Delta_rho": r"$\Delta_\rho$", "Delta_Q": r"$\Delta_Q$",
+           "S_pi": r"$S(\pi, t)$", "S_pi_minus_dk": r"$S(\pi - 2\pi/L, t)$"}
 
 
 def order_parameter_figure(traces: Mapping[str, np.ndarray], trajectory: int = 0,
@@ -157,15 +162,17 @@ def order_parameter_traces_figure(traces: Mapping[str, np.ndarray], rows: Sequen
 
 def autocorrelation_figure(curves: Mapping[str, Mapping[str, np.ndarray | None]],
                            time_step: float | None = None) -> plt.Figure:
-    """A(tau) of Delta_rho and Delta_Q, truth against prediction (Fig. 8).
+    """A(tau) of Delta_rho and Delta_Q (Fig. 8) and, where given, of S(k, t) near pi, truth
+    against prediction, two panels a row.
 
-    curves: `{'Delta_rho' | 'Delta_Q': {'truth': [n_lags], 'prediction': [n_lags] or None}}`
-    for tau = 0..n_lags - 1 steps, optionally with 'max_abs_diff' and 'sampling_floor'
-    (shown in the titles).
+    curves: `{name: {'truth': [n_lags], 'prediction': [n_lags] or None}}` for the names of
+    SYMBOLS present (others are ignored), tau = 0..n_lags - 1 steps, optionally with
+    'max_abs_diff' and 'sampling_floor' (shown in the titles).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, (name, symbol) in zip(axes, (("Delta_rho", r"$\Delta_\rho$"),
-                                         ("Delta_Q", r"$\Delta_Q$"))):
+    names = [name for name in SYMBOLS if name in curves]
+    rows = (len(names) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 3.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
         truth = np.asarray(curves[name]["truth"])
         tau = np.arange(truth.shape[0]) * (time_step or 1.0)
         ax.plot(tau, truth, color="tab:blue", lw=1.4, label="truth")
@@ -173,14 +180,15 @@ def autocorrelation_figure(curves: Mapping[str, Mapping[str, np.ndarray | None]]
             ax.plot(tau, curves[name]["prediction"], color="tab:red", lw=1.2, ls="--",
                     label="prediction")
         ax.axhline(0.0, color="gray", lw=0.6)
-        title = rf"$A(\tau)$ of {symbol}"
+        title = rf"$A(\tau)$ of {SYMBOLS[name]}"
         if curves[name].get("max_abs_diff") is not None:
             title += f": max |diff| {curves[name]['max_abs_diff']:.3f}"
         if curves[name].get("sampling_floor") is not None:
             title += f" (sampling floor {curves[name]['sampling_floor']:.3f})"
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(r"$\tau$ (hbar / t)" if time_step else r"$\tau$ (steps)")
-    axes[0].set_ylabel(r"$A(\tau)$")
-    axes[0].legend(loc="upper right", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(r"$A(\tau)$")
+    axes[0, 0].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig

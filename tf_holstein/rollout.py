@@ -3,8 +3,8 @@
 One loop for evaluation and for training's validation, so that both score the same
 rollout: each chunk's last predicted state is the next chunk's input, so memory stays
 O(batch * chunk * L^2) however long the rollout, and only per-step scalars
-(`metrics.state_statistics`, errors, divergence), each trajectory's mean structure factor
-and a few snapshot states are kept.
+(`metrics.state_statistics`, errors, divergence, S(k, t) near pi), each trajectory's mean
+structure factor and a few snapshot states are kept.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import climate, metrics, records
+from tf_holstein import climate, metrics, near_pi, records
 
 State = dict[str, np.ndarray]
 # rollout(state, n_steps): state {'rho': complex64 [B, L, L], 'Q', 'P': float32 [B, L]} ->
@@ -77,6 +77,9 @@ class Collected:
     # {'truth'|'prediction': [N, L/2 + 1]}: each trajectory's structure factor S(k) of Q
     # (`climate.structure_factor`) averaged over steps 1..steps
     structure_factors: dict[str, np.ndarray] | None = None
+    # {'truth'|'prediction': {name: [N, steps]}}: S(k, t) of Q at the wave numbers nearest
+    # pi at steps 1..steps (`near_pi.series`)
+    structure_series: dict[str, dict[str, np.ndarray]] | None = None
 
 
 def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]],
@@ -91,8 +94,8 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
     O(batch * chunk * L^2) however long the rollout; chunking does not change the result.
     A rollout may return the order parameters alone (`Delta_rho`, `Delta_Q` [B, n]: stored
     predictions replayed, `evaluation.replay`); then only they are scored, and `mse`,
-    `structure_factors` and the predicted snapshots are empty. progress(n) is called with
-    the sample-steps done.
+    `structure_factors`, `structure_series` and the predicted snapshots are empty.
+    progress(n) is called with the sample-steps done.
     """
     parts: dict[str, list] = {}
     snapshots: dict[str, list] = {"truth": [], "prediction": []}
@@ -103,7 +106,8 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
         state = {key: value[:, 0] for key, value in truth.items()}
         rows: dict[str, list] = {"truth": [], "prediction": [], "bad": [],
                                  **{f"mse_{key}": [] for key in records.STATE_KEYS},
-                                 **{f"S_{source}": [] for source in snapshots}}
+                                 **{f"{prefix}_{source}": [] for source in snapshots
+                                    for prefix in ("S", "near_pi")}}
         local = snapshot_trajectory - offset
         keep_snapshots = 0 <= local < size
         if keep_snapshots and 0 in snapshot_steps:
@@ -138,8 +142,7 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
         _append(parts, "initial", metrics.state_statistics(
             truth["rho"][:, 0], truth["Q"][:, 0], truth["P"][:, 0], g))
         for source in ("truth", "prediction"):
-            _append(parts, source, {key: np.concatenate([r[key] for r in rows[source]], axis=1)
-                                    for key in rows[source][0]})
+            _append(parts, source, _join_steps(rows[source]))
         bad = np.concatenate(rows["bad"], axis=1)
         _append(parts, "first_diverged", np.where(bad.any(axis=1), bad.argmax(axis=1) + 1, 0))
         _append(parts, "index", batch["index"])
@@ -148,6 +151,8 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
                                    for key in records.STATE_KEYS})
             _append(parts, "structure_factors", {source: sum(rows[f"S_{source}"]) / steps
                                                  for source in snapshots})
+            _append(parts, "structure_series", {source: _join_steps(rows[f"near_pi_{source}"])
+                                                for source in snapshots})
         offset += size
     if not offset:
         raise ValueError("no trajectories to evaluate")
@@ -159,16 +164,20 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
                                          for key in records.STATE_KEYS}
                                 if kept and states else {}
                                 for source, kept in snapshots.items()},
-                     seconds=seconds, structure_factors=merged.get("structure_factors"))
+                     seconds=seconds, structure_factors=merged.get("structure_factors"),
+                     structure_series=merged.get("structure_series"))
 
 
 def _errors(rows: dict[str, list], predicted: Mapping[str, np.ndarray],
             truth: Mapping[str, np.ndarray]) -> None:
-    """Appends a chunk's mean squared errors over sites of rho, Q, P [B, n] and the summed
-    structure factors of its truth and prediction [B, L/2 + 1] to `rows`."""
+    """Appends a chunk's mean squared errors over sites of rho, Q, P [B, n], the summed
+    structure factors of its truth and prediction [B, L/2 + 1] and their S(k, t) near pi
+    ({name: [B, n]}) to `rows`."""
     with np.errstate(over="ignore", invalid="ignore"):
         for source, Q in (("truth", truth["Q"]), ("prediction", predicted["Q"])):
-            rows[f"S_{source}"].append(climate.structure_factor(Q)[1].sum(axis=1))
+            factors = climate.structure_factor(Q)[1]
+            rows[f"S_{source}"].append(factors.sum(axis=1))
+            rows[f"near_pi_{source}"].append(near_pi.series(factors, Q.shape[-1]))
         for key in records.STATE_KEYS:
             error = np.abs(predicted[key].astype(np.complex128 if key == "rho"
                                                  else np.float64) - truth[key]) ** 2
@@ -179,7 +188,13 @@ def _append(parts: dict[str, list], name: str, value: Any) -> None:
     parts.setdefault(name, []).append(value)
 
 
+def _join_steps(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-chunk series {name: [B, n]} joined along the steps: {name: [B, steps]}."""
+    return {key: np.concatenate([c[key] for c in chunks], axis=1) for key in chunks[0]}
+
+
 def _concatenate(values: list) -> Any:
+    """Per-batch values (arrays or nested dicts of them) joined along the trajectories."""
     if isinstance(values[0], dict):
-        return {key: np.concatenate([v[key] for v in values]) for key in values[0]}
+        return {key: _concatenate([v[key] for v in values]) for key in values[0]}
     return np.concatenate(values)
