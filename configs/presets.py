@@ -66,7 +66,16 @@ DEEP_L32_SELECT = replace(DEEP_L32, name="deep_L32_val128", n_val=128)
 # One rollout loop: its reflection orbits took 30% longer per training step in two chains.
 DEEP_L32_SPLIT_TRAIN = replace(DEEP_L32_TRAIN, stages=DEEP_L32_TRAIN.stages[:2], chains=1)
 
+# The README's quick start: the shallow quench end to end in a few minutes on 2 cores, a
+# quarter of the data and 5% of the optimizer steps of `shallow`; it shows the workflow,
+# not the accuracy (docs/results-shallow.md has what training longer buys).
+QUICKSTART = Config("quickstart", replace(SHALLOW, name="quickstart", n_train=16, n_val=2,
+                                          n_test=8, shard_size=4),
+                    TINY_CNN, replace(SHALLOW_CPU, batch_size=64,
+                                      stages=(Stage(4, 1, 0.02, 250), Stage(1, 8, 0.02, 250))))
+
 PRESETS: dict[str, Config] = {
+    "quickstart": QUICKSTART,
     "shallow": Config("shallow", SHALLOW, TINY_CNN, SHALLOW_CPU),
     "shallow_L32": Config("shallow_L32", replace(SHALLOW, name="shallow_L32", L=32), TINY_CNN,
                           SHALLOW_CPU),

@@ -305,3 +305,26 @@ def test_a_shipped_keras_model_loads_after_importing_the_package():
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().endswith("HolsteinCNN")
+
+
+def test_the_score_your_own_model_page_runs_and_scores(smoke_dataset, tmp_path, monkeypatch):
+    """The page's NumPy rollout, from the netCDF of a test split, is accepted by the
+    evaluator (every rollout starts at its stored state) and, being RK4 at a small step,
+    follows the truth closely."""
+    from tf_holstein import evaluation, netcdf
+
+    page = (ROOT / "docs" / "score-your-own-model.md").read_text()
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "quickstart").symlink_to(smoke_dataset)
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    netcdf.export(smoke_dataset, tmp_path / "runs" / "quickstart" / "test.nc", split="test")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "score-your-own-model.md", "exec"), {})
+    result = evaluation.evaluate_predictions("runs/quickstart/my_model.npz", "data/quickstart",
+                                             out_dir="runs/quickstart/my_model",
+                                             progress=False)
+    summary = result["summary"]
+    assert summary["n_trajectories"] == 2 and summary["n_diverged"] == 0
+    for name in ("Delta_rho", "Delta_Q"):
+        assert summary[name]["median_rmse_over_std"] < 1e-2

@@ -1,4 +1,4 @@
-"""Weight-free models: the classical integrators every learned model is priced against,
+r"""Weight-free models: the classical integrators every learned model is priced against,
 behind the same rollout interface, named by a `--model` spec.
 
 | spec | method | order | work per saved step of length T |
