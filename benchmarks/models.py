@@ -28,6 +28,8 @@ from typing import Callable
 
 from absl import app, flags
 
+from tf_holstein.configs import PRESETS, ModelConfig
+
 flags.DEFINE_integer("repeats", 5, "timed runs of each framework per case")
 flags.DEFINE_float("min_seconds", 1.0, "minimum duration of one timed run")
 flags.DEFINE_integer("threads", 2, "threads of each framework (intra-op; TF inter-op too)")
@@ -42,17 +44,13 @@ SCALES = {"rho": 0.679, "Q": 0.442, "P": 0.108, "drho": 0.0236, "dQ": 0.0325, "d
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """A workload: a model, training or rollout, its batch and steps, and the precision."""
+    """A workload: a model (its config, as training builds it), training or rollout, its
+    batch and steps."""
 
-    kind: str
-    channels: int
-    n_blocks: int
-    dropout: float
+    model: ModelConfig
     what: str  # "train" or "rollout"
     batch: int
     steps: int  # n_step of a training window, or the steps of one rollout
-    precision: str = "float32"
-    conserve: bool = False
     chains: int = 1  # training's rollout loops side by side (ours only; TrainConfig.chains)
 
     @property
@@ -68,21 +66,21 @@ class Case:
 
 def deep_case(config: str) -> Case:
     """Training of a deep-quench config's model at its batch size and n_step 8."""
-    from tf_holstein.configs import PRESETS
-
-    model, train = PRESETS[config].model, PRESETS[config].train
-    return Case(model.kind, model.channels, model.n_blocks, model.dropout, "train",
-                train.batch_size, 8, model.precision, model.conserve, train.chains)
+    train = PRESETS[config].train
+    return Case(PRESETS[config].model, "train", train.batch_size, 8, train.chains)
 
 
-TINY, MEDIUM = (16, 1, 0.2), (128, 4, 0.2)
+# The shallow quench's tiny CNN (ModelConfig's defaults) and a PARC of the paper's medium size.
+TINY = ModelConfig(kind="cnn")
+MEDIUM = ModelConfig(kind="parc", channels=128, n_blocks=4)
 CASES: dict[str, Callable[[], Case]] = {
-    "train_tiny": lambda: Case("cnn", *TINY, "train", 64, 8),
-    "train_parc": lambda: Case("parc", *MEDIUM, "train", 8, 1),
-    "train_parc_bf16": lambda: Case("parc", *MEDIUM, "train", 8, 1, "mixed_bfloat16"),
-    "rollout_tiny_b1": lambda: Case("cnn", *TINY, "rollout", 1, 400),
-    "rollout_tiny_b256": lambda: Case("cnn", *TINY, "rollout", 256, 20),
-    "rollout_parc_b1": lambda: Case("parc", *MEDIUM, "rollout", 1, 10),
+    "train_tiny": lambda: Case(TINY, "train", 64, 8),
+    "train_parc": lambda: Case(MEDIUM, "train", 8, 1),
+    "train_parc_bf16": lambda: Case(dataclasses.replace(MEDIUM, precision="mixed_bfloat16"),
+                                    "train", 8, 1),
+    "rollout_tiny_b1": lambda: Case(TINY, "rollout", 1, 400),
+    "rollout_tiny_b256": lambda: Case(TINY, "rollout", 256, 20),
+    "rollout_parc_b1": lambda: Case(MEDIUM, "rollout", 1, 10),
     "train_deep_L32": lambda: deep_case("deep_L32_spec"),
     "train_deep_L32_cnn": lambda: deep_case("deep_L32_cnn"),
 }
@@ -107,9 +105,7 @@ def ours(case: Case) -> Callable[[], object]:
 
     from tf_holstein import losses, models
 
-    model = models.MODELS[case.kind](SCALES, channels=case.channels, n_blocks=case.n_blocks,
-                                     dropout=case.dropout, zero_init_output=False,
-                                     precision=case.precision, conserve=case.conserve)
+    model = models.build_model(dataclasses.replace(case.model, zero_init_output=False), SCALES)
     inputs = {k: tf.constant(v) for k, v in random_states((case.batch,), 1).items()}
     if case.what == "rollout":
         return lambda: model.rollout(inputs, case.steps)["Q"]
@@ -143,11 +139,12 @@ def pytorch(case: Case) -> Callable[[], object]:
 
     import torch_models
 
-    model = torch_models.HolsteinModel(case.kind, SCALES, case.channels, case.n_blocks,
-                                       case.dropout, conserve=case.conserve)
+    config = case.model
+    model = torch_models.HolsteinModel(config.kind, SCALES, config.channels, config.n_blocks,
+                                       config.dropout, conserve=config.conserve)
     inputs = {k: torch.from_numpy(v) for k, v in random_states((case.batch,), 1).items()}
     autocast = torch.autocast("cpu", dtype=torch.bfloat16,
-                              enabled=case.precision == "mixed_bfloat16")
+                              enabled=config.precision == "mixed_bfloat16")
     if case.what == "rollout":
         model.eval()
 

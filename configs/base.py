@@ -6,6 +6,7 @@ modules receive these objects and never hard-code protocol numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 
@@ -77,27 +78,33 @@ CHOICES = {"kind": ("cnn", "parc"), "embedding": ("diagonal", "broadcast", "coup
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Network architecture (docs/training.md): `cnn` (standard CNN) or `parc`."""
+    """A model (docs/training.md): `cnn` (standard CNN) or `parc`, its networks' size and the
+    physics it is built with. `models.build_model` builds it; its `get_config` holds it."""
 
     kind: str = "cnn"
     channels: int = 16
     n_blocks: int = 1
     dropout: float = 0.2
+    kernel_size: int = 3
+    # Start the output convolution (PARC: the integrator's) at zero, so that an untrained
+    # model's step is the identity (the reference's); initialisation only.
+    zero_init_output: bool = True
     # "mixed_bfloat16": convolutions in bfloat16, the rest float32; pays off for wide networks
     # on GPUs and on CPUs with AVX512-BF16 or AMX (benchmarks/models.py --precisions).
     precision: str = "float32"
     # Keep the exact dynamics' invariants of rho: Hermitian, trace-free increments
-    # (models.conserving) and the initial spectrum along a rollout (models.with_spectrum).
+    # (invariants.conserving) and the initial spectrum along a rollout
+    # (invariants.with_spectrum).
     conserve: bool = False
-    # Average each step over the particle-hole orbit (models.particle_hole), a symmetry of
-    # the exact step at half filling: twice the compute per step, no extra weights.
+    # Average each step over the particle-hole orbit (symmetries.particle_hole), a symmetry
+    # of the exact step at half filling: twice the compute per step, no extra weights.
     particle_hole: bool = False
-    # Average each step over the chain's reflection i -> -i (models.reflection), another
+    # Average each step over the chain's reflection i -> -i (symmetries.reflection), another
     # exact symmetry; with particle_hole over both and their product (four times the compute).
     reflection: bool = False
     # "broadcast": each network also sees Q and P broadcast along rows and columns, so the
-    # coupling g (Q_i - Q_j) rho_ij is local at every pixel (models.broadcast_diagonals);
-    # "coupling": it sees (Q_i - Q_j) rho_ij itself (models.coupling_channels).
+    # coupling g (Q_i - Q_j) rho_ij is local at every pixel (networks.broadcast_diagonals);
+    # "coupling": it sees (Q_i - Q_j) rho_ij itself (networks.coupling_channels).
     embedding: str = "diagonal"
     # PARC's integrator input: "derivative" (the paper's) or "state_and_derivative".
     integrator_input: str = "derivative"
@@ -105,32 +112,48 @@ class ModelConfig:
     # the rest (physics.frozen_lattice_propagator; g and the time step come from the dataset).
     propagate_rho: bool = False
     # Move the lattice's uniform mode (site means of Q and P), a free oscillator at half
-    # filling, exactly instead of by the networks (models.with_uniform_mode).
+    # filling, exactly instead of by the networks (invariants.with_uniform_mode).
     uniform_mode: bool = False
     # > 0: advance the whole state by a Strang splitting of the exact equations of motion in
     # this many parts per step (physics.split_step); the networks learn its residual.
     split_steps: int = 0
     # Move rho along its unitary orbit after each step so that the total energy stays at its
-    # value at the rollout's start (models.with_energy; g comes from the dataset).
+    # value at the rollout's start (invariants.with_energy; g comes from the dataset).
     conserve_energy: bool = False
 
     def validate(self) -> "ModelConfig":
+        """Raises ValueError naming the first bad field and what to do."""
         for field, choices in CHOICES.items():
             if getattr(self, field) not in choices:
                 raise ValueError(f"invalid model config: {field} must be one of "
                                  f"{', '.join(map(repr, choices))}, got "
                                  f"{getattr(self, field)!r}")
         if self.kind == "cnn" and self.integrator_input != "derivative":
-            raise ValueError("invalid model config: integrator_input applies to PARC only "
-                             "(kind='parc')")
-        if self.split_steps < 0 or (self.split_steps and self.propagate_rho):
-            raise ValueError(f"invalid model config: split_steps must be >= 0 and replaces "
-                             f"propagate_rho (choose one), got split_steps={self.split_steps}, "
-                             f"propagate_rho={self.propagate_rho}")
-        if self.channels < 1 or self.n_blocks < 0 or not 0 <= self.dropout < 1:
-            raise ValueError(f"invalid model config: need channels >= 1, n_blocks >= 0 and "
-                             f"0 <= dropout < 1, got {self}")
+            raise ValueError(f"invalid model config: integrator_input="
+                             f"{self.integrator_input!r} applies to PARC only (kind='parc')")
+        if not isinstance(self.split_steps, int) or self.split_steps < 0:
+            raise ValueError(f"invalid model config: split_steps must be a whole number >= 0 "
+                             f"(0: no split step), got {self.split_steps!r}")
+        if self.split_steps and self.propagate_rho:
+            raise ValueError("invalid model config: split_steps replaces propagate_rho "
+                             "(choose one)")
+        if self.channels < 1 or self.n_blocks < 0 or not 0 <= self.dropout < 1 or \
+                self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"invalid model config: need channels >= 1, n_blocks >= 0, "
+                             f"0 <= dropout < 1 and kernel_size an odd integer, got {self}")
         return self
+
+    def check_protocol(self, coupling: float | None, time_step: float | None) -> None:
+        """Raises ValueError if an option needs the protocol's coupling g (after the quench)
+        or time per step and it is not given."""
+        g, dt = "coupling g (after the quench)", "time step (> 0)"
+        known = {g: coupling is not None and math.isfinite(coupling),
+                 dt: time_step is not None and time_step > 0}
+        for name, needs in (("propagate_rho", (g, dt)), ("split_steps", (g, dt)),
+                            ("conserve_energy", (g,)), ("uniform_mode", (dt,))):
+            if getattr(self, name) and not all(known[need] for need in needs):
+                raise ValueError(f"{name} needs the protocol's {' and '.join(needs)}; got "
+                                 f"coupling={coupling!r}, time_step={time_step!r}")
 
 
 @dataclasses.dataclass(frozen=True)

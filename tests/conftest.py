@@ -41,9 +41,10 @@ def perturbed_cnn(smoke_meta):
     import numpy as np
 
     from tf_holstein import models
+    from tf_holstein.configs import ModelConfig
 
     keras.utils.set_random_seed(1)
-    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
+    model = models.build_model(ModelConfig(), smoke_meta["scales"])
     conv = model.cnn.network.output_conv
     conv.kernel.assign(0.05 * np.random.default_rng(0).normal(size=conv.kernel.shape))
     return model

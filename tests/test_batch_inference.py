@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from float32 import kernel_tolerance, sum_tolerance
 from tf_holstein import export, models, physics, records
-from tf_holstein.configs import get_config
+from tf_holstein.configs import ModelConfig, get_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "batch_inference.py"
 SMOKE = get_config("smoke")
@@ -253,7 +253,7 @@ def test_other_chain_lengths_run_when_allowed(perturbed, tmp_path, capsys):
 
 
 def test_diverging_trajectories_are_reported_not_crashed_on(smoke_meta, states, tmp_path, capsys):
-    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
+    model = models.build_model(ModelConfig(), smoke_meta["scales"])
     model.cnn.network.output_conv.bias.assign([0.0, 0.0, np.inf, 0.0])  # Q -> inf at step 1
     saved_model = export.export_model(model, tmp_path / "export")
     source = save_npz(tmp_path / "initial.npz", **states)

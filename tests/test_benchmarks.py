@@ -26,9 +26,9 @@ def test_benchmark_cases_need_no_pytorch(monkeypatch):
     assert cases["train_tiny"].units_per_call == 64
     assert cases["rollout_tiny_b256"].units_per_call == 256 * 20
     deep = cases["train_deep_L32"]
-    assert (deep.kind, deep.channels, deep.n_blocks, deep.batch, deep.steps, deep.conserve) == \
-        ("parc", 16, 1, 32, 8, True)
-    assert cases["train_deep_L32_cnn"].kind == "cnn"
+    assert (deep.model.kind, deep.model.channels, deep.model.n_blocks, deep.batch, deep.steps,
+            deep.model.conserve) == ("parc", 16, 1, 32, 8, True)
+    assert cases["train_deep_L32_cnn"].model.kind == "cnn"
 
 
 @pytest.mark.parametrize("kind", ["cnn", "parc"])
@@ -40,9 +40,10 @@ def test_pytorch_models_have_our_weight_shapes(kind):
     finally:
         sys.path.remove(str(BENCHMARKS))
     from tf_holstein import models
+    from tf_holstein.configs import ModelConfig
 
     bench = load("models")
-    ours = models.MODELS[kind](bench.SCALES, channels=8, n_blocks=2)
+    ours = models.build_model(ModelConfig(kind=kind, channels=8, n_blocks=2), bench.SCALES)
     theirs = torch_models.HolsteinModel(kind, bench.SCALES, channels=8, n_blocks=2, dropout=0.2)
     # Convolution kernels are [k, k, in, out] here and [out, in, k, k] in PyTorch.
     assert sorted(sorted(v.shape) for v in ours.trainable_variables) == \

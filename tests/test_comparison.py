@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from tf_holstein import comparison, evaluation, export, models
+from tf_holstein.configs import ModelConfig
 
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, smoke_meta, perturbed_cnn):
     """An untrained tiny CNN (the identity) and the perturbed one, as training workdirs."""
     root = tmp_path_factory.mktemp("models")
-    for name, model in (("identity", models.build_model("cnn", "tiny", smoke_meta["scales"])),
+    for name, model in (("identity", models.build_model(ModelConfig(), smoke_meta["scales"])),
                         ("perturbed", perturbed_cnn)):
         export.export_model(model, root / name / "export",
                             metadata=export.dataset_metadata(smoke_meta))

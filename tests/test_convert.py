@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from float32 import kernel_tolerance
-from tf_holstein import convert, models
+from tf_holstein import convert, models, records
+from tf_holstein.configs import ModelConfig
 
 # The reference's published checkpoints are not part of this repository: a directory named
 # by TF_HOLSTEIN_REFERENCE_DIR, else shared/reference/ beside the checkout where it exists.
@@ -41,10 +42,10 @@ def test_reference_checkpoints_reproduce_the_fixtures(L):
     model = convert.from_reference(pth, kwargs)
     assert isinstance(model, models.HolsteinCNN)
     data = np.load(fixture)
-    state = {key: data[key] for key in models.STATE_KEYS}
+    state = {key: data[key] for key in records.STATE_KEYS}
     step = model.step(state)
     rollout = model.rollout(state, 50)
-    for key in models.STATE_KEYS:
+    for key in records.STATE_KEYS:
         # PyTorch's kernels against TensorFlow's or XLA's: float32 summation order, step by
         # step of the (regular) shallow quench; states of magnitude <= 1.
         assert np.abs(step[key].numpy() - data[f"step1_{key}"]).max() <= kernel_tolerance(1.0), key
@@ -157,8 +158,9 @@ def parc_kwargs(scales: dict, **overrides) -> dict:
 @pytest.mark.parametrize("byteorder", ["little", "big"])
 def test_a_parc_checkpoint_converts_to_the_same_model(tmp_path, monkeypatch, byteorder):
     keras.utils.set_random_seed(0)
-    scales = {key: 0.01 * (i + 1) for i, key in enumerate(models.SCALE_KEYS)}
-    original = models.HolsteinPARC(scales, channels=8, n_blocks=2, zero_init_output=False)
+    scales = {key: 0.01 * (i + 1) for i, key in enumerate(records.SCALE_KEYS)}
+    original = models.build_model(ModelConfig(kind="parc", channels=8, n_blocks=2,
+                                              zero_init_output=False), scales)
     tensors = as_reference_state_dict(original)
     write_torch_checkpoint(tmp_path / "model_weights.pth", tensors, monkeypatch, byteorder,
                            transposed=("integrator.CNN.blocks.1.conv2.weight",))
@@ -229,7 +231,7 @@ def test_command_writes_a_keras_model_that_reproduces_the_fixture(tmp_path):
     assert "5,364 parameters" in result.stdout
     model = keras.saving.load_model(out)
     data = np.load(fixture)
-    step = model.step({key: data[key] for key in models.STATE_KEYS})
+    step = model.step({key: data[key] for key in records.STATE_KEYS})
     assert np.abs(step["rho"].numpy() - data["step1_rho"]).max() <= kernel_tolerance(1.0)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tf_holstein import datagen, models, physics, records
-from tf_holstein.configs import get_config
+from tf_holstein.configs import ModelConfig, get_config
 
 from test_models import SCALES, assert_states_close, random_state
 
@@ -241,13 +241,15 @@ def test_apply_options_keeps_the_weights_and_changes_the_step(monkeypatch, tmp_p
     steps as a model built with it does; options that would change the weights are refused."""
     apply = load_script("apply_options", monkeypatch)
     keras.utils.set_random_seed(0)
-    source = models.build_model("parc", "tiny", SCALES, channels=8, zero_init_output=False)
+    source = models.build_model(ModelConfig(kind="parc", channels=8, zero_init_output=False),
+                                SCALES)
     source.save(tmp_path / "source.keras")
     apply.main([str(tmp_path / "source.keras"), str(tmp_path / "target.keras"),
                 "reflection=true", "uniform_mode=true", "time_step=2.56"])
     target = keras.saving.load_model(tmp_path / "target.keras")
-    built = models.build_model("parc", "tiny", SCALES, channels=8, zero_init_output=False,
-                               reflection=True, uniform_mode=True, time_step=2.56)
+    built = models.build_model(ModelConfig(kind="parc", channels=8, zero_init_output=False,
+                                           reflection=True, uniform_mode=True), SCALES,
+                               time_step=2.56)
     built.set_weights(source.get_weights())
     state = random_state(2, 8)
     assert_states_close(target.step(state), built.step(state), atol=0)

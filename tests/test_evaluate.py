@@ -15,7 +15,7 @@ import tensorflow_probability as tfp
 from float32 import kernel_tolerance
 from tf_holstein import (baselines, climate, evaluation, export, metrics, models, near_pi, physics,
                          records, rollout)
-from tf_holstein.configs import get_config
+from tf_holstein.configs import ModelConfig, get_config
 
 SMOKE = get_config("smoke")
 FIGURES = ("snapshots.png", "order_parameters.png", "autocorrelation.png", "distributions.png",
@@ -47,7 +47,7 @@ def export_workdir(model: models.HolsteinModel, workdir, smoke_meta) -> str:
 @pytest.fixture(scope="module")
 def identity_run(tmp_path_factory, smoke_meta):
     """An untrained CNN: its output conv starts at zero, so every step is the identity."""
-    return export_workdir(models.build_model("cnn", "tiny", smoke_meta["scales"]),
+    return export_workdir(models.build_model(ModelConfig(), smoke_meta["scales"]),
                           tmp_path_factory.mktemp("identity"), smoke_meta)
 
 
@@ -273,7 +273,7 @@ def test_chunked_keras_and_saved_model_rollouts_agree_with_the_model(perturbed, 
 def test_a_diverging_model_is_reported_not_crashed_on(smoke_dataset, smoke_meta, truth, tmp_path):
     """Only P grows, by a constant b * delta_P scale per step: it leaves the range
     |P| <= 10 * P scale at a step computable by hand, finite all along."""
-    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
+    model = models.build_model(ModelConfig(), smoke_meta["scales"])
     b = 20.0
     model.cnn.network.output_conv.bias.assign([0.0, 0.0, 0.0, b])
     export.export_model(model, tmp_path / "export")
@@ -305,7 +305,7 @@ def test_bad_requests_are_refused_with_reasons(identity_run, smoke_dataset, smok
                                 **kwargs)
     with pytest.raises(FileNotFoundError, match="no model at"):
         evaluation.evaluate(tmp_path / "nothing", smoke_dataset, progress=False)
-    other = export_workdir(models.build_model("cnn", "tiny", smoke_meta["scales"]), tmp_path / "run",
+    other = export_workdir(models.build_model(ModelConfig(), smoke_meta["scales"]), tmp_path / "run",
                            {**smoke_meta, "config": {**smoke_meta["config"], "g_f": 1.0},
                             "time_step": 2.56})
     with pytest.raises(ValueError, match="predicts steps of 2.56 .* g_f = 1"):
@@ -458,7 +458,7 @@ def test_a_damaged_shard_is_one_line_naming_it(identity_run, smoke_dataset, tmp_
 
 def test_another_chain_length_is_refused_unless_allowed(smoke_dataset, smoke_meta, tmp_path):
     """As batch inference does: a model trained on L = 16 does not silently run on L = 8."""
-    model = models.build_model("cnn", "tiny", smoke_meta["scales"])
+    model = models.build_model(ModelConfig(), smoke_meta["scales"])
     other_L = export_workdir(model, tmp_path / "run", {**smoke_meta, "config": {
         **smoke_meta["config"], "L": 16}})
     with pytest.raises(ValueError, match=r"trained on L = 16, the dataset has L = 8 \(pass "

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import layers, models, physics
+from tf_holstein import (autoregressive, codec, invariants, layers, models, physics, records,
+                         symmetries)
 from tf_holstein.configs import ModelConfig
 
 from float32 import kernel_tolerance, sum_tolerance
@@ -53,22 +54,28 @@ def seed():
     keras.utils.set_random_seed(0)
 
 
+def build(kind: str, coupling: float | None = None, time_step: float | None = None,
+          **fields) -> models.HolsteinModel:
+    """A model of `kind` with `fields` of its ModelConfig set (the rest at their defaults,
+    the tiny architecture: 16 channels, one block) and the protocol's coupling and time step."""
+    return models.build_model(ModelConfig(kind=kind, **fields), SCALES, coupling, time_step)
+
+
 def small_model(kind: str, **overrides) -> models.HolsteinModel:
     """A trained-looking small model: output convs not at zero, so steps do something."""
-    return models.build_model(kind, "tiny", SCALES,
-                              **{"channels": 8, "zero_init_output": False, **overrides})
+    return build(kind, **{"channels": 8, "zero_init_output": False, **overrides})
 
 
 def test_codec_layout_and_round_trip():
     state = random_state(2, 6)
-    image = models.encode(state).numpy()
+    image = codec.encode(state).numpy()
     assert image.shape == (2, 6, 6, 4) and image.dtype == np.float32
     np.testing.assert_array_equal(image[..., 0], state["rho"].real)
     np.testing.assert_array_equal(image[..., 1], state["rho"].imag)
     np.testing.assert_array_equal(image[..., 2], np.stack([np.diag(q) for q in state["Q"]]))
     np.testing.assert_array_equal(image[..., 3], np.stack([np.diag(p) for p in state["P"]]))
-    decoded = models.decode(image)
-    for key in models.STATE_KEYS:
+    decoded = codec.decode(image)
+    for key in records.STATE_KEYS:
         np.testing.assert_array_equal(decoded[key].numpy(), state[key])
 
 
@@ -76,28 +83,30 @@ def test_preset_parameter_counts():
     def count(model):
         return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
-    assert count(models.build_model("cnn", "tiny", SCALES)) == 5_364
-    assert count(models.build_model("parc", "tiny", SCALES)) == 2 * 5_364
-    assert count(models.build_model("parc", "medium", SCALES)) == 2 * 1_187_972
+    assert count(build("cnn")) == 5_364  # the default ModelConfig: the shallow quench's tiny CNN
+    assert count(build("parc")) == 2 * 5_364
+    assert count(build("parc", channels=128, n_blocks=4)) == 2 * 1_187_972  # the deep quench's
     # The scales are weights too, but not trainable ones.
-    assert len(models.build_model("parc", "tiny", SCALES).non_trainable_weights) == 4
+    assert len(build("parc").non_trainable_weights) == 4
 
 
 def test_scales_are_validated():
     with pytest.raises(ValueError, match="missing: \\['delta_P'\\]"):
-        models.HolsteinCNN({k: v for k, v in SCALES.items() if k != "delta_P"})
+        models.build_model(ModelConfig(), {k: v for k, v in SCALES.items() if k != "delta_P"})
     with pytest.raises(ValueError, match="positive"):
-        models.HolsteinCNN({**SCALES, "Q": 0.0})
-    with pytest.raises(ValueError, match="valid kinds"):
-        models.build_model("unet", "tiny", SCALES)
-    with pytest.raises(ValueError, match="valid presets"):
-        models.build_model("cnn", "huge", SCALES)
+        models.build_model(ModelConfig(), {**SCALES, "Q": 0.0})
+    with pytest.raises(ValueError, match="kind must be one of 'cnn', 'parc', got 'unet'"):
+        build("unet")
+    with pytest.raises(ValueError, match="need channels >= 1"):
+        build("cnn", channels=0)
+    with pytest.raises(ValueError, match="HolsteinCNN is kind 'cnn', got a config of kind 'parc'"):
+        models.HolsteinCNN(ModelConfig(kind="parc"), SCALES)
 
 
 def test_precision_is_validated():
-    with pytest.raises(ValueError, match="unknown precision 'float16'; valid precisions: "
-                                         "float32, mixed_bfloat16"):
-        models.build_model("parc", "tiny", SCALES, precision="float16")
+    with pytest.raises(ValueError, match="precision must be one of 'float32', 'mixed_bfloat16', "
+                                         "got 'float16'"):
+        build("parc", precision="float16")
     for precision in layers.PRECISIONS:
         assert ModelConfig(precision=precision).validate().precision == precision
     with pytest.raises(ValueError, match="precision must be one of 'float32', 'mixed_bfloat16'"):
@@ -113,7 +122,7 @@ def test_mixed_bfloat16_step_is_a_float32_step_to_bfloat16_accuracy(kind):
     state = random_state(2, 16)
     expected = reference.step(state)
     stepped = mixed.step(state)
-    for key in models.STATE_KEYS:
+    for key in records.STATE_KEYS:
         assert stepped[key].dtype == tf.as_dtype(state[key].dtype), key
         increment = np.abs(expected[key].numpy() - state[key]).max()
         error = np.abs(stepped[key].numpy() - expected[key].numpy()).max()
@@ -121,7 +130,7 @@ def test_mixed_bfloat16_step_is_a_float32_step_to_bfloat16_accuracy(kind):
 
 
 def test_scales_enter_as_input_and_output_factors():
-    model = models.HolsteinPARC(SCALES, channels=8, n_blocks=1)
+    model = build("parc", channels=8)
     np.testing.assert_allclose(model.differentiator.in_scale.numpy(),
                                [1 / 0.7065, 1 / 0.7065, 1 / 0.5187, 1 / 0.1406], rtol=1e-7)
     np.testing.assert_allclose(model.differentiator.out_scale.numpy(),
@@ -136,10 +145,10 @@ def test_scales_enter_as_input_and_output_factors():
 def test_untrained_models_start_as_the_identity_step(precision):
     """Also in mixed_bfloat16: the state and its update stay float32."""
     state = random_state(3, 8)
-    cnn = models.build_model("cnn", "tiny", SCALES, precision=precision)
+    cnn = build("cnn", precision=precision)
     np.testing.assert_array_equal(cnn.step(state)["rho"].numpy(), state["rho"])
     assert_states_close(cnn.step(state), state, atol=0)
-    parc = models.build_model("parc", "tiny", SCALES, precision=precision)
+    parc = build("parc", precision=precision)
     next_state, derivatives = parc.step(state, return_derivatives=True)
     assert_states_close(next_state, state, atol=0)
     # The differentiator does not start at zero: PARC learns du/dt from the first step.
@@ -149,7 +158,7 @@ def test_untrained_models_start_as_the_identity_step(precision):
 def test_parc_derivatives_have_the_state_shapes_and_dtypes():
     state = random_state(3, 10)
     next_state, derivatives = small_model("parc").step(state, return_derivatives=True)
-    for key in models.STATE_KEYS:
+    for key in records.STATE_KEYS:
         assert derivatives[key].shape == state[key].shape
         assert derivatives[key].dtype == next_state[key].dtype == tf.as_dtype(state[key].dtype)
     with pytest.raises(ValueError, match="no differentiator"):
@@ -168,8 +177,8 @@ def test_a_step_commutes_with_translations(kind, L):
 
 
 def transform(name: str, state: dict, increment: bool = False) -> dict:
-    """`state` (or a rate) under the symmetry `models.SYMMETRIES[name]`."""
-    return models.decode(models.SYMMETRIES[name](models.encode(state), increment))
+    """`state` (or a rate) under the symmetry `symmetries.SYMMETRIES[name]`."""
+    return codec.decode(symmetries.SYMMETRIES[name](codec.encode(state), increment))
 
 
 @pytest.mark.parametrize("name, order_sign", [("particle_hole", -1), ("reflection", 1)])
@@ -178,8 +187,8 @@ def test_symmetries_are_involutions_and_symmetries_of_the_equations_of_motion(na
     PH flips the staggered order parameters, the reflection keeps them (L even)."""
     L, g = 8, 1.0
     state = random_state(1, L, seed=3)
-    image = models.encode(state)
-    symmetry = models.SYMMETRIES[name]
+    image = codec.encode(state)
+    symmetry = symmetries.SYMMETRIES[name]
     np.testing.assert_allclose(symmetry(symmetry(image)), image, atol=1e-7)
     mirrored = transform(name, state)
     assert np.abs(np.asarray(mirrored["Q"]) - state["Q"]).max() > 1e-3  # not the identity
@@ -303,7 +312,7 @@ def test_large_batches_roll_out_as_chains_that_keep_each_trajectory_in_place(kin
     trajectory's rollout must be its own, wherever its slice falls, also in a serving graph
     whose batch is known only at run time."""
     model = small_model(kind)
-    batch = 3 * models.CHAIN_BATCH  # three chains
+    batch = 3 * autoregressive.CHAIN_BATCH  # three chains
     state = {key: tf.constant(value) for key, value in random_state(batch, 8).items()}
     rolled = model.rollout(state, 3)
     for start in range(0, batch, 8):  # slices below CHAIN_MIN_BATCH: one loop each
@@ -313,7 +322,7 @@ def test_large_batches_roll_out_as_chains_that_keep_each_trajectory_in_place(kin
     serve = tf.function(lambda state: model.rollout(state, 3), input_signature=[
         {key: tf.TensorSpec([None, *value.shape[1:]], value.dtype)
          for key, value in state.items()}])
-    small = {key: value[:models.CHAIN_MIN_BATCH - 1] for key, value in state.items()}
+    small = {key: value[:autoregressive.CHAIN_MIN_BATCH - 1] for key, value in state.items()}
     for served, expected in ((serve(state), rolled), (serve(small), model.rollout(small, 3))):
         assert_states_close(served, expected, atol=kernel_tolerance(1.0, 3))
     static = tf.function(lambda state: model.rollout(state, 3))
@@ -411,7 +420,7 @@ def test_mixed_bfloat16_training_steps_reduce_the_loss():
         with tf.GradientTape() as tape:
             stepped = model.step(state, training=True)
             loss = sum(tf.reduce_mean(tf.abs(stepped[key] - target[key]) ** 2)
-                       for key in models.STATE_KEYS)
+                       for key in records.STATE_KEYS)
         grads = tape.gradient(loss, model.trainable_weights)
         optimizer.apply(grads, model.trainable_weights)
         return loss, grads
@@ -434,12 +443,12 @@ def test_the_same_model_runs_on_any_even_length():
 def test_conserving_projection_is_the_orthogonal_projection_onto_the_invariants():
     rng = np.random.default_rng(0)
     increment = tf.constant(rng.normal(size=(3, 6, 6, 4)), tf.float32)
-    projected = models.conserving(increment).numpy()
+    projected = invariants.conserving(increment).numpy()
     rho = projected[..., 0] + 1j * projected[..., 1]
     np.testing.assert_allclose(rho, np.conj(np.swapaxes(rho, 1, 2)), atol=1e-7)
     np.testing.assert_allclose(np.trace(rho.real, axis1=1, axis2=2), 0, atol=1e-6)
     np.testing.assert_array_equal(projected[..., 2:], increment.numpy()[..., 2:])
-    np.testing.assert_allclose(models.conserving(projected).numpy(), projected, atol=1e-7)
+    np.testing.assert_allclose(invariants.conserving(projected).numpy(), projected, atol=1e-7)
     # The residual is orthogonal to every admissible increment, e.g. the projection itself.
     residual = increment.numpy() - projected
     np.testing.assert_allclose(np.sum(residual * projected, axis=(1, 2, 3)), 0, atol=1e-5)

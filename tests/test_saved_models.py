@@ -73,7 +73,7 @@ def test_shipped_savedmodel_and_keras_file_agree_and_move(name, config_name):
     # on a split step also propagates through eigendecompositions of H(Q), whose kernels
     # differ by the eigensolvers' backward error, over the step's whole time.
     per_step = KERNEL_ULPS * EPS32
-    if in_process.handle.split_steps:
+    if in_process.handle.config.split_steps:
         h_norm = 2 * physics.HOPPING + in_process.handle.coupling * np.abs(state["Q"]).max()
         per_step += eigh_tolerance(L, h_norm, in_process.handle.time_step) / scales["rho"]
     assert scaled_gap(served.rollout(state, 1), in_process.rollout(state, 1), scales)[0] \
@@ -107,7 +107,7 @@ def test_shipped_models_give_their_stored_outputs(name):
     model = forms["keras"].handle
     scales = model.scales
     per_step = KERNEL_ULPS * EPS32
-    if model.split_steps:
+    if model.config.split_steps:
         h_norm = 2 * physics.HOPPING + model.coupling * np.abs(state["Q"]).max()
         per_step += eigh_tolerance(L, h_norm, model.time_step) / scales["rho"]
     steps = stored["keras/rollout/Q"].shape[1]

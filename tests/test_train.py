@@ -591,7 +591,7 @@ def test_weight_averaging_validates_and_keeps_the_average(data_dir, tmp_path):
     best.load_weights(str(tmp_path / "best.weights.h5"))
     for variable, value in zip(best.trainable_variables, average):
         np.testing.assert_array_equal(variable.numpy(), value)
-    last = runs.build_model(config.model, trainer.meta)  # what `export --which last` gives
+    last = runs.dataset_model(config.model, trainer.meta)  # what `export --which last` gives
     runs.restore_last(last, config.train, tmp_path)
     for variable, value in zip(last.trainable_variables, average):
         np.testing.assert_array_equal(variable.numpy(), value)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import models, physics, train
+from tf_holstein import codec, models, networks, physics, records, symmetries, train
 from tf_holstein.configs import ModelConfig, get_config
 
 from numpy_reference import numpy_derivatives
-from test_models import SCALES, assert_states_close, random_state, shift, transform
+from test_models import assert_states_close, build, random_state, shift, transform
 
 VARIANTS = [("cnn", {"embedding": "broadcast"}),
             ("parc", {"embedding": "broadcast"}),
@@ -35,18 +35,17 @@ VARIANTS = [("cnn", {"embedding": "broadcast"}),
 def variant(kind: str, **options) -> models.HolsteinModel:
     """A small model whose output convs are not at zero, so that a step does something."""
     keras.utils.set_random_seed(0)
-    return models.build_model(kind, "tiny", SCALES, channels=8, zero_init_output=False,
-                              **options)
+    return build(kind, channels=8, zero_init_output=False, **options)
 
 
 def embedded_pair(embedding: str) -> tuple[dict, np.ndarray]:
     """A random state and the embedding of its image beside the doubled image (8 channels),
     checked to keep those 8 channels first and unchanged."""
     state = random_state(2, 6)
-    image = models.encode(state)
+    image = codec.encode(state)
     pair = tf.concat([image, 2.0 * image], axis=-1)
-    embedded = models.embed(pair, embedding).numpy()
-    assert embedded.shape == (2, 6, 6, 8 + 2 * models.EMBEDDING_CHANNELS[embedding])
+    embedded = networks.embed(pair, embedding).numpy()
+    assert embedded.shape == (2, 6, 6, 8 + 2 * networks.EMBEDDING_CHANNELS[embedding])
     np.testing.assert_array_equal(embedded[..., :8], pair)
     return state, embedded
 
@@ -76,8 +75,7 @@ def test_untrained_propagating_model_advances_rho_exactly_at_a_frozen_lattice(ki
     """With its output conv at zero a model's step is its physics alone: rho -> U rho U^+,
     U = exp(-i H(Q) dt) from NumPy in double precision, Q and P unchanged."""
     g, dt = 1.0, 2.56
-    model = models.build_model(kind, "tiny", SCALES, channels=8, propagate_rho=True,
-                               coupling=g, time_step=dt)
+    model = build(kind, channels=8, propagate_rho=True, coupling=g, time_step=dt)
     state = random_state(3, 8)
     stepped = model.step(state)
     L = state["Q"].shape[-1]
@@ -97,14 +95,14 @@ def test_untrained_propagating_model_advances_rho_exactly_at_a_frozen_lattice(ki
 def test_untrained_split_step_model_takes_the_split_step(kind):
     """With its output conv at zero a `split_steps` model's step is `physics.split_step`
     (here in double precision); float32 eigenpairs turned into phases E dt ~ 8: ~1e-6."""
-    model = models.build_model(kind, "tiny", SCALES, channels=8, split_steps=2, coupling=1.0,
-                               time_step=2.56, uniform_mode=True)
+    model = build(kind, channels=8, split_steps=2, coupling=1.0, time_step=2.56,
+                  uniform_mode=True)
     state = random_state(3, 8)
     expected = physics.split_step(tf.constant(state["rho"], tf.complex128),
                                   tf.constant(state["Q"], tf.float64),
                                   tf.constant(state["P"], tf.float64), 1.0, 2.56, 2)
     stepped = model.step(state)
-    for key, value in zip(models.STATE_KEYS, expected):
+    for key, value in zip(records.STATE_KEYS, expected):
         np.testing.assert_allclose(stepped[key].numpy(), value.numpy(), atol=2e-5)
         assert np.abs(value.numpy() - state[key]).max() > 0.1  # the step is not trivial
 
@@ -134,13 +132,13 @@ def test_conserve_energy_keeps_a_rollouts_energy_and_spectrum(kind):
 
 
 @pytest.mark.parametrize("physics_step", [{"propagate_rho": True}, {"split_steps": 2}])
-@pytest.mark.parametrize("name", list(models.SYMMETRIES))
+@pytest.mark.parametrize("name", list(symmetries.SYMMETRIES))
 def test_the_physics_steps_commute_with_the_symmetries(name, physics_step):
-    """The exact step does (models.SYMMETRIES), and so do the flows the physics steps are
+    """The exact step does (symmetries.SYMMETRIES), and so do the flows the physics steps are
     made of: H(-Q) = -S H(Q) S for particle-hole, H(R Q) = R H(Q) R for the reflection.
     A symmetrised model relies on it: it computes its physics step for u alone."""
-    model = models.build_model("cnn", "tiny", SCALES, channels=8, coupling=1.0,
-                               time_step=2.56, **physics_step)  # untrained: the physics step
+    model = build("cnn", channels=8, coupling=1.0, time_step=2.56,
+                  **physics_step)  # untrained: the physics step
     state = random_state(2, 8)
     assert_states_close(model.step(transform(name, state)), transform(name, model.step(state)),
                         atol=2e-5)
@@ -151,7 +149,7 @@ def test_variants_add_only_input_conv_weights(kind, options):
     """Each extra input channel costs one 3 x 3 kernel per hidden channel of the input conv."""
     plain, model = variant(kind), variant(kind, **options)
     C, k2 = 8, 9
-    per_image = 4 + models.EMBEDDING_CHANNELS[options.get("embedding", "diagonal")]
+    per_image = 4 + networks.EMBEDDING_CHANNELS[options.get("embedding", "diagonal")]
     extra = (per_image - 4) * C * k2 * (2 if kind == "parc" else 1)  # each network's input
     if options.get("integrator_input") == "state_and_derivative":
         extra += per_image * C * k2  # the state's image into the integrator
@@ -159,7 +157,7 @@ def test_variants_add_only_input_conv_weights(kind, options):
         4 if options.get("integrator_input") else 0)  # + the state's 4 input scales
     state = random_state(3, 8)
     stepped = model.step(state)
-    for key in models.STATE_KEYS:
+    for key in records.STATE_KEYS:
         assert stepped[key].shape == state[key].shape and stepped[key].dtype == state[key].dtype
 
 
@@ -177,7 +175,7 @@ def test_variants_commute_with_translations(kind, options):
 def test_variants_with_symmetry_averaging_commute_with_the_symmetries(kind, options):
     model = variant(kind, particle_hole=True, reflection=True, **options)
     state = random_state(2, 8)
-    for name in models.SYMMETRIES:
+    for name in symmetries.SYMMETRIES:
         assert_states_close(model.step(transform(name, state)),
                             transform(name, model.step(state)), atol=1e-5)
 
@@ -201,10 +199,10 @@ def test_state_aware_integrator_sees_the_state():
     other["Q"] = other["Q"] + 0.05
     for options, differs in (({}, False), ({"integrator_input": "state_and_derivative"}, True)):
         model = variant("parc", **options)
-        derivative = models.encode(model.step(state, return_derivatives=True)[1])
+        derivative = codec.encode(model.step(state, return_derivatives=True)[1])
 
         def integrate(u):
-            return model.integrator([models.encode(u), derivative] if options else [derivative])
+            return model.integrator([codec.encode(u), derivative] if options else [derivative])
 
         a, b = integrate(state), integrate(other)
         assert (np.abs(a.numpy() - b.numpy()).max() > 1e-4) == differs
@@ -258,9 +256,10 @@ def test_the_uniform_mode_is_a_free_oscillator_and_moves_exactly():
 
 
 def test_bad_options_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid embeddings: diagonal, broadcast, coupling"):
+    with pytest.raises(ValueError, match="embedding must be one of 'diagonal', 'broadcast', "
+                                         "'coupling', got 'rows'"):
         variant("cnn", embedding="rows")
-    with pytest.raises(ValueError, match="needs a PARC model"):
+    with pytest.raises(ValueError, match="applies to PARC only"):
         variant("cnn", integrator_input="state_and_derivative")
     with pytest.raises(ValueError, match="PARC only"):
         ModelConfig(kind="cnn", integrator_input="state_and_derivative").validate()

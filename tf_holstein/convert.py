@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from tf_holstein.models import HolsteinCNN, HolsteinModel, HolsteinPARC, validate_scales
+from tf_holstein.configs import ModelConfig
+from tf_holstein.models import HolsteinCNN, HolsteinModel, build_model
+from tf_holstein.networks import validate_scales
 
 
 class CheckpointError(ValueError):
@@ -176,10 +178,11 @@ def model_from_kwargs(kwargs: dict[str, Any]) -> HolsteinModel:
             raise CheckpointError(f"{key} must be an integer, got {kwargs[key]!r}")
     if not isinstance(kwargs["dropout_p"], (int, float)):
         raise CheckpointError(f"dropout_p must be a number, got {kwargs['dropout_p']!r}")
-    model_class = HolsteinCNN if kwargs["simple_cnn"] else HolsteinPARC
+    config = ModelConfig(kind="cnn" if kwargs["simple_cnn"] else "parc",
+                         channels=kwargs["channels"], n_blocks=kwargs["n_blocks"],
+                         dropout=float(kwargs["dropout_p"]), kernel_size=kwargs["kernel_size"])
     try:
-        return model_class(scales, channels=kwargs["channels"], n_blocks=kwargs["n_blocks"],
-                           dropout=float(kwargs["dropout_p"]), kernel_size=kwargs["kernel_size"])
+        return build_model(config, scales)
     except ValueError as error:
         raise CheckpointError(f"unsupported architecture: {error}") from None
 
@@ -251,7 +254,7 @@ def from_reference(pth_path: str | Path, kwargs_json_path: str | Path) -> Holste
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:
         raise CheckpointError(f"{pth_path} does not match its kwargs ({type(model).__name__}, "
-                              f"{model.architecture}): missing {missing or 'nothing'}, "
+                              f"{model.config}): missing {missing or 'nothing'}, "
                               f"unexpected {unexpected or 'nothing'}")
     for key, (variable, layout) in tensors.items():
         value = layout(state_dict[key].astype(np.float32))
@@ -285,7 +288,7 @@ def main(argv: list[str]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     n_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    print(f"wrote {out}: {type(model).__name__} {model.architecture}, {n_params:,} parameters")
+    print(f"wrote {out}: {type(model).__name__} {model.config}, {n_params:,} parameters")
 
 
 def _define_flags() -> None:

@@ -7,7 +7,6 @@ from them with the best or the last weights, as the export command needs.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -27,14 +26,10 @@ WEIGHTS = ("best", "last")  # what a run's model can be rebuilt with
 NO_DECAY = ("bias", "gamma", "beta")  # AdamW: no weight decay on biases and LayerNorms
 
 
-def build_model(config: ModelConfig, meta: Mapping[str, Any]) -> models.HolsteinModel:
-    """The config's untrained model for a dataset (its meta.json): scaled by its scales, and
-    for the physics-informed options told its coupling g_f and time per saved step."""
-    options = dataclasses.asdict(config)
-    if any(options[name] for name in ("propagate_rho", "uniform_mode", "split_steps",
-                                      "conserve_energy")):
-        options.update(coupling=meta["config"]["g_f"], time_step=meta["time_step"])
-    return models.MODELS[options.pop("kind")](meta["scales"], **options)
+def dataset_model(config: ModelConfig, meta: Mapping[str, Any]) -> models.HolsteinModel:
+    """The config's untrained model for a dataset (its meta.json): scaled by its scales and
+    told its protocol, the coupling g_f and the time per saved step."""
+    return models.build_model(config, meta["scales"], meta["config"]["g_f"], meta["time_step"])
 
 
 def build_optimizer(config: TrainConfig, model: models.HolsteinModel
@@ -106,7 +101,7 @@ def load_model(workdir: str | os.PathLike, which: str, dataset_dir: str | os.Pat
     meta = records.read_meta(dataset_dir)
     check_dataset(saved, meta)
     config = run_config(saved)
-    model = build_model(config.model, meta)
+    model = dataset_model(config.model, meta)
     if which == "best":
         if not (workdir / BEST_WEIGHTS).is_file():
             raise ValueError(f"{workdir} holds no {BEST_WEIGHTS} (no validation has run yet, "

@@ -114,7 +114,7 @@ class Trainer:
         self.epochs = stage_epochs(train.stages)
         keras.utils.set_random_seed(train.train_seed)
         with self.strategy.scope():
-            self.model = runs.build_model(config.model, self.meta)
+            self.model = runs.dataset_model(config.model, self.meta)
             if train.init_from:
                 models.warm_start(self.model, train.init_from)
             self.schedule, self.optimizer = runs.build_optimizer(train, self.model)
