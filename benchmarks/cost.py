@@ -25,12 +25,13 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
-from tf_holstein import baselines, cost, evaluation, physics, records
+from tf_holstein import baselines, cli, cost, evaluation, physics, records
 from tf_holstein.configs import get_config
 from tf_holstein.plots import plt, save_figure
 
-flags.DEFINE_string("config", "deep_L32", "preset whose protocol (g_i, g_f, dt, saved "
-                    "interval) the baselines follow")
+# --config (tf_holstein.cli, which the library's command modules share): the preset whose
+# protocol (g_i, g_f, dt, saved interval) the baselines follow.
+flags.FLAGS.set_default("config", "deep_L32")
 flags.DEFINE_list("sizes", ["32", "64", "128", "256", "512", "1024"], "chain lengths L")
 flags.DEFINE_multi_string("model", None, "model path or baseline spec; repeat")
 flags.DEFINE_integer("batch", cost.BATCH, "trajectories per timed call (lowered at large L)")
