@@ -4,7 +4,7 @@ The hot loop is real float64 arithmetic on an O(L^2) stencil, compiled by XLA
 (no per-step dispatch, no dense matrix products, no device-specific code):
 
 - rho = X + iY. H is real, so dX/dt = [H, Y] and dY/dt = -[H, X] with
-  [H, M]_ij = -t (M_{i+1,j} + M_{i-1,j} - M_{i,j+1} - M_{i,j-1}) - g (Q_i - Q_j) M_ij.
+  `[H, M]_ij = -t (M_{i+1,j} + M_{i-1,j} - M_{i,j+1} - M_{i,j-1}) - g (Q_i - Q_j) M_ij`.
 - rho is Hermitian, so only the band d = j - i (mod L) in [0, L/2] is stored:
   E[i, d, b] = M_{i, i+d} of trajectory b, "band layout" [L, L/2 + 1, B], about
   half the entries of the full matrix. There the four hops read
