@@ -103,7 +103,9 @@ def unpack(state: BandState) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
 
     def full(E: tf.Tensor) -> tf.Tensor:
         flat = tf.reshape(E, [-1, tf.shape(E)[-1]])
-        return tf.gather(tf.concat([flat, tf.zeros_like(flat[:1])], axis=0), index)
+        if 2 * W < L:  # the pairs beyond a truncated band read this zero entry
+            flat = tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
+        return tf.gather(flat, index)
 
     X, Y = full(state.X), full(state.Y) * sign[:, :, None]  # [L, L, B]
     X = 0.5 * (X + tf.transpose(X, [1, 0, 2]))
