@@ -265,7 +265,7 @@ def test_keras_file_round_trip_gives_identical_outputs(kind, precision, tmp_path
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model)
     assert loaded.get_config() == model.get_config()
-    assert loaded.scales == model.scales and loaded.precision == precision
+    assert loaded.scales == model.scales and loaded.config.precision == precision
     for ours, theirs in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
     assert_states_close(loaded.step(state), model.step(state), atol=0)

@@ -85,7 +85,7 @@ def load_model(path: str | Path) -> rollout.LoadedModel:
                                    {"model_class": type(model).__name__,
                                     "model_config": json.loads(json.dumps(model.get_config(),
                                                                           default=str))},
-                                   model, precision=model.precision)
+                                   model, precision=model.config.precision)
     loaded = tf.saved_model.load(str(path))
     if "rollout" not in loaded.signatures:
         raise ValueError(f"the SavedModel at {path} has no 'rollout' signature (it has "

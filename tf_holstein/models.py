@@ -66,11 +66,6 @@ class HolsteinModel(keras.Model):
                              if getattr(config, name)])
         self._rollouts = autoregressive.Rollouts(self)
 
-    @property
-    def precision(self) -> str:
-        """The networks' arithmetic: float32 or mixed_bfloat16."""
-        return self.config.precision
-
     def _network(self, inputs: Sequence[str], outputs: str, zero_init_output: bool,
                  name: str) -> ScaledNetwork:
         return scaled_network(self.scales, inputs, outputs, self.config, zero_init_output, name)
