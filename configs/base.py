@@ -241,9 +241,34 @@ class TrainConfig:
         if self.select_by not in ("rollout", "loss", "autocorrelation"):
             problems.append(f"select_by must be 'rollout', 'loss' or 'autocorrelation', got "
                             f"{self.select_by!r}")
+        if not self.clip_norm > 0:
+            problems.append(f"clip_norm (the gradients' largest global norm) must be > 0, got "
+                            f"{self.clip_norm}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.val_batches < 1:
+            problems.append(f"val_batches must be >= 1, got {self.val_batches}")
+        if self.val_rollout_steps < 0:
+            problems.append(f"val_rollout_steps must be >= 0 (0: whole trajectories), got "
+                            f"{self.val_rollout_steps}")
         if problems:
             raise ValueError("invalid train config: " + "; ".join(problems))
         return self
+
+    def check_dataset(self, dataset: str, trajectory_steps: int, train_trajectories: int
+                      ) -> None:
+        """Raises ValueError if the curriculum cannot run on a dataset whose trajectories hold
+        `trajectory_steps` saved steps: a stage whose windows are longer would wait forever
+        for its first batch, an empty training split has nothing to learn or scale by."""
+        problems = []
+        if not train_trajectories:
+            problems.append(f"the dataset {dataset} has no training trajectories: "
+                            f"generate it with --n_train >= 1")
+        problems += [f"stage {stage} predicts n_step = {stage.n_step} steps, but the dataset's "
+                     f"trajectories hold {trajectory_steps}: use n_step <= {trajectory_steps}"
+                     for stage in self.stages if stage.n_step > trajectory_steps]
+        if problems:
+            raise ValueError("cannot train: " + "; ".join(problems))
 
     @property
     def total_steps(self) -> int:

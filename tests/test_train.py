@@ -441,19 +441,28 @@ def test_bad_config_name_or_field(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"stages": "1:20:0:5"}, r"stage 1:20:0:5 predicts n_step = 20 steps, but the dataset's "
-                             r"trajectories hold 12: use n_step <= 12"),
     ({"clip_norm": -1.0}, r"clip_norm \(the gradients' largest global norm\) must be > 0"),
     ({"warmup_steps": -5}, r"warmup_steps must be >= 0, got -5"),
     ({"val_batches": 0}, r"val_batches must be >= 1, got 0"),
     ({"val_rollout_steps": -3}, r"val_rollout_steps must be >= 0 \(0: whole trajectories\)")])
-def test_settings_that_cannot_train_on_the_dataset_are_refused_first(data_dir, tmp_path,
-                                                                    overrides, message):
+def test_settings_that_cannot_train_are_refused_first(data_dir, tmp_path, overrides, message):
+    """Before any work, by the config and by the trainer (for a config built without
+    get_config): a bad setting would fail an epoch later or never."""
+    with pytest.raises(ValueError, match="invalid train config: " + message):
+        get_config("smoke", **overrides)
+    unchecked = dataclasses.replace(SMOKE, train=dataclasses.replace(SMOKE.train, **overrides))
+    with pytest.raises(ValueError, match="invalid train config: " + message):
+        train.Trainer(unchecked, data_dir / SMOKE.data.dataset_name, tmp_path)
+
+
+def test_a_stage_longer_than_the_trajectories_is_refused_first(data_dir, tmp_path):
     """Before any work: a stage longer than the stored trajectories would otherwise wait
-    forever for its first batch, a bad setting fail an epoch later or never."""
-    with pytest.raises(ValueError, match="cannot train: " + message):
-        train.Trainer(get_config("smoke", **overrides), data_dir / SMOKE.data.dataset_name,
-                      tmp_path)
+    forever for its first batch."""
+    with pytest.raises(ValueError, match=r"cannot train: stage 1:20:0:5 predicts n_step = 20 "
+                                         r"steps, but the dataset's trajectories hold 12: "
+                                         r"use n_step <= 12"):
+        train.Trainer(get_config("smoke", stages="1:20:0:5"),
+                      data_dir / SMOKE.data.dataset_name, tmp_path)
 
 
 def test_an_empty_training_split_is_refused(tmp_path):

@@ -57,32 +57,6 @@ def make_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strateg
     return tf.distribute.MirroredStrategy(devices)
 
 
-def check_against_dataset(config: Config, meta: Mapping[str, Any]) -> None:
-    """Refuses, before any work, training settings that cannot run on this dataset: a
-    stage whose windows are longer than the stored trajectories would wait forever for
-    its first batch, an empty training split has nothing to learn or scale by."""
-    train, T = config.train, meta["T"]
-    problems = []
-    if not meta["splits"]["train"]["num_trajectories"]:
-        problems.append(f"the dataset {meta['dataset']} has no training trajectories: "
-                        f"generate it with --n_train >= 1")
-    problems += [f"stage {stage} predicts n_step = {stage.n_step} steps, but the dataset's "
-                 f"trajectories hold {T}: use n_step <= {T}"
-                 for stage in train.stages if stage.n_step > T]
-    if not train.clip_norm > 0:
-        problems.append(f"clip_norm (the gradients' largest global norm) must be > 0, got "
-                        f"{train.clip_norm}")
-    if train.warmup_steps < 0:
-        problems.append(f"warmup_steps must be >= 0, got {train.warmup_steps}")
-    if train.val_batches < 1:
-        problems.append(f"val_batches must be >= 1, got {train.val_batches}")
-    if train.val_rollout_steps < 0:
-        problems.append(f"val_rollout_steps must be >= 0 (0: whole trajectories), got "
-                        f"{train.val_rollout_steps}")
-    if problems:
-        raise ValueError("cannot train: " + "; ".join(problems))
-
-
 def random_states(model: keras.Model) -> list[keras.Variable]:
     """The states of the model's random number generators (its dropout layers' seed
     generators): what `model.variables` holds beyond the weights. Checkpointed, so that a
@@ -105,7 +79,11 @@ class Trainer:
         self.dataset_dir = Path(dataset_dir)
         self.workdir = Path(workdir)
         self.meta = records.read_meta(self.dataset_dir)
-        check_against_dataset(config, self.meta)
+        # Before any work: the settings (of a config built without get_config, too) and
+        # whether the curriculum can run on this dataset.
+        config.train.validate().check_dataset(
+            self.meta["dataset"], self.meta["T"],
+            self.meta["splits"]["train"]["num_trajectories"])
         self.strategy = strategy or make_strategy()
         self.is_chief = _is_chief(self.strategy)
         train = config.train
