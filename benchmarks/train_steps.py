@@ -5,8 +5,9 @@ training time of a config.
         --saved_steps 300 --data_dir /tmp/data
     python benchmarks/train_steps.py --config shallow --dataset /tmp/data/shallow
 
-Runs `Trainer.train_step` on the dataset's batches (the training input pipeline, the
-distribution strategy and the per-step bookkeeping of `Trainer.fit`, without validation)
+Runs the trainer's compiled step (`TrainSteps.train_step`) on the dataset's batches (the
+training input pipeline, the distribution strategy and the per-step bookkeeping of
+`Trainer.fit`, without validation)
 for `--steps` steps of each distinct n_step of the config's curriculum, after a warm-up,
 `--repeats` times in turns, and prints the median ms per step with its range and the
 curriculum's optimizer steps times those medians. The dataset only needs the config's L;
@@ -21,7 +22,8 @@ import time
 
 from absl import flags
 
-from tf_holstein import cli, train
+from tf_holstein import cli
+from tf_holstein.trainer import Trainer
 
 flags.DEFINE_string("dataset", None, "dataset directory (holding meta.json)", required=True)
 flags.DEFINE_integer("steps", 100, "optimizer steps per timed run")
@@ -36,11 +38,11 @@ def main(argv: list[str]) -> None:
     print(f"{config.name}: batch {config.train.batch_size}, L = {config.data.L}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as workdir:
-        trainer = train.Trainer(config, FLAGS.dataset, workdir)
+        trainer = Trainer(config, FLAGS.dataset, workdir)
         runs = {}
         for index, stage in enumerate(stages):
             if stage.n_step not in runs:
-                step = trainer.train_step(stage.n_step)
+                step = trainer.steps.train_step(stage.n_step)
                 iterator = iter(trainer.train_dataset(index, stage))
                 runs[stage.n_step] = (step, iterator)
 
@@ -49,7 +51,7 @@ def main(argv: list[str]) -> None:
             start = time.perf_counter()
             for _ in range(steps):
                 step(next(iterator))
-                int(trainer.optimizer.iterations.numpy())  # as Trainer.fit reads it
+                int(trainer.state.optimizer.iterations.numpy())  # as Trainer.fit reads it
             return (time.perf_counter() - start) / steps * 1e3
 
         for n_step in runs:

@@ -17,8 +17,11 @@ import pytest
 import tensorflow as tf
 
 from float32 import kernel_tolerance
-from tf_holstein import cli, datagen, evaluation, export, metrics, physics, records, runs, train
+from tf_holstein import (cli, datagen, experiment, export, metrics, physics, records, runs,
+                         scoring)
 from tf_holstein.configs import get_config
+from tf_holstein.trainer import Trainer, stage_epochs
+from tf_holstein.validation import SELECTION_KEYS
 
 SMOKE = get_config("smoke")
 EXPECTED_TAGS = {"loss/total", "loss/rho_diag", "loss/rho_offdiag", "loss/Q", "loss/P",
@@ -37,7 +40,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_run(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    return workdir, train.run(SMOKE, data_dir, workdir, progress=False)
+    return workdir, experiment.run(SMOKE, data_dir, workdir, progress=False)
 
 
 def summary_values(workdir):
@@ -142,8 +145,8 @@ def test_the_selected_models_validation_score_is_what_evaluate_reports(smoke_run
             "autocorrelation": "val_rollout/autocorrelation_max_abs_diff"}
     # The .keras file runs the kernels validation ran: the same numbers up to float64
     # rounding in the metrics.
-    same_kernels = evaluation.evaluate(workdir / "export" / "model.keras", dataset, split="val",
-                                       out_dir=tmp_path / "keras", progress=False)["summary"]
+    same_kernels = scoring.evaluate(workdir / "export" / "model.keras", dataset, split="val",
+                                    out_dir=tmp_path / "keras", progress=False)["summary"]
     for name, key in keys.items():
         assert same_kernels["selection"][name] == pytest.approx(best[key], rel=1e-9), name
     for name in metrics.ORDER_PARAMETERS:
@@ -151,8 +154,8 @@ def test_the_selected_models_validation_score_is_what_evaluate_reports(smoke_run
             best[f"val_rollout/{name}_rmse_over_std"], rel=1e-9)
     # The SavedModel runs TensorFlow's kernels: each predicted value moves by at most
     # kernel_tolerance, so each RMSE by at most that much, each RMSE / std by that over std.
-    served = evaluation.evaluate(workdir, dataset, split="val", out_dir=tmp_path / "served",
-                                 progress=False)
+    served = scoring.evaluate(workdir, dataset, split="val", out_dir=tmp_path / "served",
+                              progress=False)
     assert served["run"]["model_format"] == "saved_model"
     val = records.load_split(dataset, "val")
     truth = physics.order_parameters(val["rho"][:, 1:], val["Q"][:, 1:])  # Delta_rho, Delta_Q
@@ -228,10 +231,10 @@ def test_the_export_command_exports_the_best_weights_as_training_does(smoke_run,
 def test_the_last_weights_are_the_latest_checkpoints(smoke_run, data_dir, tmp_path):
     workdir = smoke_run[0]
     export.export_run(workdir, "last", tmp_path / "last", data_dir=data_dir)
-    trainer = train.Trainer(SMOKE, data_dir / SMOKE.data.dataset_name, workdir)
-    assert trainer.restore()
+    trainer = Trainer(SMOKE, data_dir / SMOKE.data.dataset_name, workdir)
+    assert trainer.state.restore()
     exported = keras.saving.load_model(str(tmp_path / "last" / "model.keras"))
-    for a, b in zip(exported.get_weights(), trainer.model.get_weights(), strict=True):
+    for a, b in zip(exported.get_weights(), trainer.state.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -242,7 +245,7 @@ def test_the_export_command_names_what_is_missing(data_dir, tmp_path):
             f"training run") in result.stderr, result.stderr[-2000:]
     with pytest.raises(ValueError, match=r"holds no training run \(no config.json\)"):
         export.export_run(tmp_path, "best", tmp_path / "out", data_dir=data_dir)
-    train.prepare_workdir(SMOKE, tmp_path / "new", resume=False)  # started, nothing saved
+    runs.prepare_workdir(SMOKE, tmp_path / "new", resume=False)  # started, nothing saved
     with pytest.raises(ValueError, match=r"holds no best.weights.h5 .*export --which last"):
         export.export_run(tmp_path / "new", "best", tmp_path / "out", data_dir=data_dir)
     with pytest.raises(ValueError, match=r"holds no checkpoint yet"):
@@ -265,19 +268,20 @@ def test_two_replicas_match_one_device(data_dir, tmp_path):
     dataset_dir = data_dir / config.data.dataset_name
     results = []
     for devices in (["/cpu:0"], ["/cpu:0", "/cpu:1"]):
-        trainer = train.Trainer(config, dataset_dir, tmp_path / str(len(devices)),
-                                tf.distribute.MirroredStrategy(devices))
+        trainer = Trainer(config, dataset_dir, tmp_path / str(len(devices)),
+                          tf.distribute.MirroredStrategy(devices))
         stage = config.train.stages[0]
-        step, batches = trainer.train_step(stage.n_step), iter(trainer.train_dataset(0, stage))
+        step = trainer.steps.train_step(stage.n_step)
+        batches = iter(trainer.train_dataset(0, stage))
         metrics = [step(next(batches)) for _ in range(3)]
         results.append(([float(m["loss/total"]) for m in metrics],
-                        [v.numpy() for v in trainer.model.trainable_variables]))
+                        [v.numpy() for v in trainer.state.model.trainable_variables]))
     (loss1, weights1), (loss2, weights2) = results
     np.testing.assert_allclose(loss1, loss2, rtol=1e-5)
     for a, b in zip(weights1, weights2):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    assert not np.allclose(weights1[0], train.Trainer(
-        config, dataset_dir, tmp_path / "fresh").model.trainable_variables[0].numpy())
+    assert not np.allclose(weights1[0], Trainer(
+        config, dataset_dir, tmp_path / "fresh").state.model.trainable_variables[0].numpy())
 
 
 def run_train(*args, env=None):
@@ -364,23 +368,23 @@ def test_a_second_training_on_a_workdir_in_use_is_refused(data_dir, tmp_path):
     workdir = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from tf_holstein import train; held = train.hold_workdir(Path(sys.argv[1])); "
+         "from tf_holstein import runs; held = runs.hold_workdir(Path(sys.argv[1])); "
          "held.__enter__(); "
          "print('held', flush=True); time.sleep(300)", str(workdir)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        lock = workdir / train.LOCK_FILE
+        lock = workdir / runs.LOCK_FILE
         message = (rf"{re.escape(str(workdir))} is in use by another training \(process "
                    rf"{holder.pid} on host \S+ holds {re.escape(str(lock))}\): wait for it to "
                    rf"finish")
         with pytest.raises(RuntimeError, match=message):
-            train.run(SMOKE, data_dir, workdir, progress=False)
+            experiment.run(SMOKE, data_dir, workdir, progress=False)
         assert not (workdir / "config.json").exists()
     finally:
         holder.kill()
         holder.wait()
-    with train.hold_workdir(workdir):
+    with runs.hold_workdir(workdir):
         pass
 
 
@@ -389,16 +393,17 @@ def test_a_checkpoint_from_before_the_random_state_still_resumes(data_dir, tmp_p
     its weights and epoch, with a warning that its dropout masks will differ."""
     config = get_config("smoke", dropout=0.2)
     dataset_dir = data_dir / config.data.dataset_name
-    earlier = train.Trainer(config, dataset_dir, tmp_path)
-    earlier.epoch.assign(1)
-    earlier.model.trainable_variables[0].assign_add(tf.ones_like(
-        earlier.model.trainable_variables[0]))
-    tf.train.Checkpoint(model=earlier.model, optimizer=earlier.optimizer, epoch=earlier.epoch,
-                        best=earlier.best).save(str(tmp_path / "checkpoints" / "ckpt"))
-    resumed = train.Trainer(config, dataset_dir, tmp_path)
-    assert resumed.restore() and int(resumed.epoch.numpy()) == 1
-    np.testing.assert_array_equal(resumed.model.trainable_variables[0].numpy(),
-                                  earlier.model.trainable_variables[0].numpy())
+    earlier = Trainer(config, dataset_dir, tmp_path)
+    earlier.state.epoch.assign(1)
+    earlier.state.model.trainable_variables[0].assign_add(tf.ones_like(
+        earlier.state.model.trainable_variables[0]))
+    tf.train.Checkpoint(model=earlier.state.model, optimizer=earlier.state.optimizer,
+                        epoch=earlier.state.epoch, best=earlier.state.best
+                        ).save(str(tmp_path / "checkpoints" / "ckpt"))
+    resumed = Trainer(config, dataset_dir, tmp_path)
+    assert resumed.state.restore() and int(resumed.state.epoch.numpy()) == 1
+    np.testing.assert_array_equal(resumed.state.model.trainable_variables[0].numpy(),
+                                  earlier.state.model.trainable_variables[0].numpy())
     assert "holds no random state of the dropout" in caplog.text
 
 
@@ -452,7 +457,7 @@ def test_settings_that_cannot_train_are_refused_first(data_dir, tmp_path, overri
         get_config("smoke", **overrides)
     unchecked = dataclasses.replace(SMOKE, train=dataclasses.replace(SMOKE.train, **overrides))
     with pytest.raises(ValueError, match="invalid train config: " + message):
-        train.Trainer(unchecked, data_dir / SMOKE.data.dataset_name, tmp_path)
+        Trainer(unchecked, data_dir / SMOKE.data.dataset_name, tmp_path)
 
 
 def test_a_stage_longer_than_the_trajectories_is_refused_first(data_dir, tmp_path):
@@ -461,21 +466,21 @@ def test_a_stage_longer_than_the_trajectories_is_refused_first(data_dir, tmp_pat
     with pytest.raises(ValueError, match=r"cannot train: stage 1:20:0:5 predicts n_step = 20 "
                                          r"steps, but the dataset's trajectories hold 12: "
                                          r"use n_step <= 12"):
-        train.Trainer(get_config("smoke", stages="1:20:0:5"),
-                      data_dir / SMOKE.data.dataset_name, tmp_path)
+        Trainer(get_config("smoke", stages="1:20:0:5"), data_dir / SMOKE.data.dataset_name,
+                tmp_path)
 
 
 def test_an_empty_training_split_is_refused(tmp_path):
     config = get_config("smoke", n_train=0)
     with pytest.raises(ValueError, match=r"cannot train: the dataset smoke has no training "
                                          r"trajectories: generate it with --n_train >= 1"):
-        train.run(config, tmp_path / "data", tmp_path / "run", progress=False)
+        experiment.run(config, tmp_path / "data", tmp_path / "run", progress=False)
 
 
 def test_resume_needs_a_run_and_cleans_up_after_a_killed_one(tmp_path):
     with pytest.raises(ValueError, match=r"--resume: .* holds no run to continue"):
-        train.prepare_workdir(SMOKE, tmp_path / "empty", resume=True)
-    train.prepare_workdir(SMOKE, tmp_path, resume=False)
+        runs.prepare_workdir(SMOKE, tmp_path / "empty", resume=True)
+    runs.prepare_workdir(SMOKE, tmp_path, resume=False)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     mine = records.temporary_prefix("best.weights")
@@ -483,27 +488,27 @@ def test_resume_needs_a_run_and_cleans_up_after_a_killed_one(tmp_path):
     left.write_bytes(b"half a weights file")
     live = tmp_path / f"{mine}tmp.weights.h5"  # this process is still writing it
     live.write_bytes(b"in progress")
-    train.prepare_workdir(SMOKE, tmp_path, resume=True)
+    runs.prepare_workdir(SMOKE, tmp_path, resume=True)
     assert not left.exists() and live.exists()
 
 
 def test_refuses_to_reuse_a_workdir_without_resume(smoke_run, data_dir):
     with pytest.raises(ValueError, match="already holds a run: pass --resume"):
-        train.run(SMOKE, data_dir, smoke_run[0], progress=False)
+        experiment.run(SMOKE, data_dir, smoke_run[0], progress=False)
 
 
 def test_refuses_a_dataset_made_with_another_protocol(data_dir, tmp_path):
     other = dataclasses.replace(SMOKE, data=dataclasses.replace(SMOKE.data, noise=2e-4))
     before = sorted(p.name for p in (data_dir / SMOKE.data.dataset_name).iterdir())
     with pytest.raises(ValueError, match=r"different parameters \(noise: 0.0001 there, 0.0002"):
-        train.run(other, data_dir, tmp_path / "run", progress=False)
+        experiment.run(other, data_dir, tmp_path / "run", progress=False)
     assert sorted(p.name for p in (data_dir / SMOKE.data.dataset_name).iterdir()) == before
     assert not (tmp_path / "run").exists()
 
 
 def test_parc_trains_on_states_and_derivatives(tmp_path):
     config = get_config("smoke_deep")
-    summary = train.run(config, tmp_path / "data", tmp_path / "run", progress=False)
+    summary = experiment.run(config, tmp_path / "data", tmp_path / "run", progress=False)
     events = scalar_events(tmp_path / "run")
     for name in ("rho_diag", "rho_offdiag", "Q", "P"):
         assert f"loss/{name}" in events and f"loss/d_{name}" in events
@@ -515,7 +520,7 @@ def test_parc_trains_on_states_and_derivatives(tmp_path):
     assert derivative[end_of_stage] < 0.5 * derivative[1]
     assert summary["optimizer_steps"] == config.train.total_steps
     # Selected by loss: the best of the last stage, whose n_step-2 loss exceeds stage 1's.
-    assert summary["best"]["epoch"] == len(train.stage_epochs(config.train.stages))
+    assert summary["best"]["epoch"] == len(stage_epochs(config.train.stages))
     loaded = tf.saved_model.load(str(tmp_path / "run" / "export" / "saved_model"))
     L = config.data.L
     out = loaded.rollout_order_parameters(
@@ -527,18 +532,18 @@ def test_parc_trains_on_states_and_derivatives(tmp_path):
 def test_warm_start_copies_a_finished_runs_weights(smoke_run, data_dir, tmp_path):
     best = smoke_run[0] / "best.weights.h5"
     dataset = data_dir / SMOKE.data.dataset_name
-    source = train.Trainer(SMOKE, dataset, tmp_path / "source").model
+    source = Trainer(SMOKE, dataset, tmp_path / "source").state.model
     source.load_weights(str(best))
-    warm = train.Trainer(get_config("smoke", init_from=str(best)), dataset, tmp_path / "warm")
-    assert warm.model.trainable_variables
-    for a, b in zip(warm.model.trainable_variables, source.trainable_variables):
+    warm = Trainer(get_config("smoke", init_from=str(best)), dataset, tmp_path / "warm")
+    assert warm.state.model.trainable_variables
+    for a, b in zip(warm.state.model.trainable_variables, source.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(ValueError, match="no such file"):
-        train.Trainer(get_config("smoke", init_from=str(tmp_path / "nothing.weights.h5")),
-                      dataset, tmp_path / "missing")
+        Trainer(get_config("smoke", init_from=str(tmp_path / "nothing.weights.h5")),
+                dataset, tmp_path / "missing")
     with pytest.raises(ValueError, match="do not fit a HolsteinCNN"):
-        train.Trainer(get_config("smoke", init_from=str(best), channels=12), dataset,
-                      tmp_path / "wider")
+        Trainer(get_config("smoke", init_from=str(best), channels=12), dataset,
+                tmp_path / "wider")
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.5])
@@ -550,13 +555,13 @@ def test_the_starting_model_competes_for_best(smoke_run, data_dir, tmp_path, ema
     dataset = data_dir / SMOKE.data.dataset_name
     config = get_config("smoke", init_from=str(start), lr=1.0, warmup_steps=0,
                         stages="1:1:0.02:4", ema=ema)
-    train.Trainer(config, dataset, tmp_path).fit(progress=False)
+    Trainer(config, dataset, tmp_path).fit(progress=False)
     assert [step for step, _ in scalar_events(tmp_path)["val_rollout/score"]] == [0, 4]
     chosen = json.loads((tmp_path / "best.json").read_text())
     assert (chosen["step"], chosen["epoch"]) == (0, 0)
-    kept = train.Trainer(SMOKE, dataset, tmp_path / "kept").model
+    kept = Trainer(SMOKE, dataset, tmp_path / "kept").state.model
     kept.load_weights(str(tmp_path / "best.weights.h5"))
-    source = train.Trainer(SMOKE, dataset, tmp_path / "source").model
+    source = Trainer(SMOKE, dataset, tmp_path / "source").state.model
     source.load_weights(str(start))
     for a, b in zip(kept.trainable_variables, source.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -564,39 +569,39 @@ def test_the_starting_model_competes_for_best(smoke_run, data_dir, tmp_path, ema
 
 def test_autocorrelation_selection_metric(smoke_run, data_dir, tmp_path):
     """Zero for rollouts that reproduce the truth, infinite for diverged ones."""
-    trainer = train.Trainer(get_config("smoke", select_by="autocorrelation"),
-                            data_dir / SMOKE.data.dataset_name, tmp_path)
-    truth = {key: trainer._val[key][:, 1:] for key in ("rho", "Q", "P")}
-    key = train.SELECTION_KEYS["autocorrelation"]
+    trainer = Trainer(get_config("smoke", select_by="autocorrelation"),
+                      data_dir / SMOKE.data.dataset_name, tmp_path)
+    truth = {key: trainer.validation.split[key][:, 1:] for key in ("rho", "Q", "P")}
+    key = SELECTION_KEYS["autocorrelation"]
     # The validation rollout is one chunk (12 steps): a stand-in returns whole trajectories.
-    trainer.model.rollout = lambda state, steps, **_: truth
-    assert trainer.rollout_metrics()[0][key] < 1e-12
+    trainer.state.model.rollout = lambda state, steps, **_: truth
+    assert trainer.validation.rollout_metrics()[0][key] < 1e-12
     shifted = {name: np.roll(x, 3, axis=1) for name, x in truth.items()}
-    trainer.model.rollout = lambda state, steps, **_: shifted
-    assert 1e-3 < trainer.rollout_metrics()[0][key] < math.inf
+    trainer.state.model.rollout = lambda state, steps, **_: shifted
+    assert 1e-3 < trainer.validation.rollout_metrics()[0][key] < math.inf
     factor = np.where(np.arange(truth["Q"].shape[1]) > 5, 1e3, 1.0)  # per step
     blown_up = {name: (x * factor.reshape(-1, *[1] * (x.ndim - 2))).astype(x.dtype)
                 for name, x in truth.items()}
-    trainer.model.rollout = lambda state, steps, **_: blown_up
-    assert trainer.rollout_metrics()[0][key] == math.inf
+    trainer.state.model.rollout = lambda state, steps, **_: blown_up
+    assert trainer.validation.rollout_metrics()[0][key] == math.inf
 
 
 def test_weight_averaging_validates_and_keeps_the_average(data_dir, tmp_path):
     """With ema set, validation and best.weights.h5 see the moving average of the weights,
     while training continues from the trained weights."""
     config = get_config("smoke", ema=0.5, stages="1:1:0.02:4")
-    trainer = train.Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path)
+    trainer = Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path)
     trainer.fit(progress=False)
-    variables = trainer.model.trainable_variables
+    variables = trainer.state.model.trainable_variables
     trained = [v.numpy() for v in variables]
-    average = [v.numpy() for v in trainer.optimizer._model_variables_moving_average]
+    average = [v.numpy() for v in trainer.state.optimizer._model_variables_moving_average]
     assert any(not np.allclose(a, b) for a, b in zip(trained, average))
-    with trainer.averaged_weights():
+    with trainer.state.averaged_weights():
         for variable, value in zip(variables, average):
             np.testing.assert_array_equal(variable.numpy(), value)
     for variable, value in zip(variables, trained):
         np.testing.assert_array_equal(variable.numpy(), value)
-    best = train.Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path / "b").model
+    best = Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path / "b").state.model
     best.load_weights(str(tmp_path / "best.weights.h5"))
     for variable, value in zip(best.trainable_variables, average):
         np.testing.assert_array_equal(variable.numpy(), value)
@@ -611,18 +616,18 @@ def test_weight_averaging_validates_and_keeps_the_average(data_dir, tmp_path):
 def test_resume_accepts_a_run_from_before_a_new_config_field(tmp_path):
     """A config.json without a field added since (at its default) still resumes; a changed
     setting does not."""
-    train.prepare_workdir(SMOKE, tmp_path, resume=False)
+    runs.prepare_workdir(SMOKE, tmp_path, resume=False)
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["train"]["ema"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    train.prepare_workdir(SMOKE, tmp_path, resume=True)
+    runs.prepare_workdir(SMOKE, tmp_path, resume=True)
     with pytest.raises(ValueError, match="holds a run of a different config"):
-        train.prepare_workdir(get_config("smoke", ema=0.9), tmp_path, resume=True)
+        runs.prepare_workdir(get_config("smoke", ema=0.9), tmp_path, resume=True)
 
 
 def test_order_parameter_terms_join_the_loss(data_dir, tmp_path):
     config = get_config("smoke", order_parameter_weight=0.5, stages="1:2:0.0:3")
-    trainer = train.Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path)
+    trainer = Trainer(config, data_dir / SMOKE.data.dataset_name, tmp_path)
     final = trainer.fit(progress=False)
     terms = {k: v for k, v in final.items() if k.startswith("loss/") and k != "loss/total"}
     assert {"loss/Delta_rho", "loss/Delta_Q", "val_loss/Delta_Q"} <= set(final)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import codec, models, networks, physics, records, symmetries, train
+from tf_holstein import codec, experiment, models, networks, physics, records, symmetries
 from tf_holstein.configs import ModelConfig, get_config
 
 from numpy_reference import numpy_derivatives
@@ -275,7 +275,7 @@ def test_a_parc_variant_trains(tmp_path, options):
     loss falls."""
     config = get_config("smoke_deep")
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, **options))
-    summary = train.run(config, tmp_path / "data", tmp_path / "run", progress=False)
+    summary = experiment.run(config, tmp_path / "data", tmp_path / "run", progress=False)
     from test_train import scalar_events
 
     losses = sorted(scalar_events(tmp_path / "run")["loss/total"])

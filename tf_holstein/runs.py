@@ -1,16 +1,20 @@
-"""A training run's workdir (`tf_holstein.train`): the files it keeps, and its model rebuilt
-from them with the best or the last weights, as the export command needs.
+"""A training run's workdir (`tf_holstein.train`): the files it keeps, made, checked and
+locked for a training, and its model rebuilt from them with the best or the last weights, as
+the export command needs.
 
-    <workdir>/config.json         the run's full config (train.prepare_workdir)
+    <workdir>/config.json         the run's full config (prepare_workdir)
+    <workdir>/.lock               held by the training running there (hold_workdir)
     <workdir>/best.weights.h5     the best model so far by the selection metric
     <workdir>/checkpoints/        the last epochs' model, optimizer and curriculum position
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import keras
 import tensorflow as tf
@@ -20,10 +24,64 @@ from tf_holstein.configs import Config, DataConfig, ModelConfig, Stage, TrainCon
 from tf_holstein.schedules import StagedWarmupCosine
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 BEST_WEIGHTS = "best.weights.h5"
 CHECKPOINTS = "checkpoints"
 WEIGHTS = ("best", "last")  # what a run's model can be rebuilt with
 NO_DECAY = ("bias", "gamma", "beta")  # AdamW: no weight decay on biases and LayerNorms
+
+
+def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
+    """Creates the workdir, or checks that resuming continues the same experiment."""
+    path = workdir / CONFIG_FILE
+    current = _as_json(config)
+    if resume and not path.exists():
+        raise ValueError(f"--resume: {workdir} holds no run to continue (no config.json); "
+                         f"drop --resume to start one there")
+    if path.exists():
+        if not resume:
+            raise ValueError(f"{workdir} already holds a run: pass --resume to continue it, or "
+                             f"choose another --workdir")
+        previous = _with_new_defaults(json.loads(path.read_text()), config)
+        if previous != current:
+            raise ValueError(f"{workdir} holds a run of a different config; --resume needs the "
+                             f"same settings (see {path})")
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        records.write_json(path, current)
+    records.remove_stale_temporaries(workdir)  # best weights a killed run was writing
+
+
+def _as_json(config: Any) -> dict[str, Any]:
+    """A config dataclass as config.json holds it (stages and the like as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _with_new_defaults(saved: dict[str, Any], config: Config) -> dict[str, Any]:
+    """A saved config.json with config fields added to the library since it was written
+    filled in at their defaults, so runs started by an older version still resume."""
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value) and isinstance(saved.get(section.name), dict):
+            for field, default in _as_json(type(value)()).items():
+                saved[section.name].setdefault(field, default)
+    return saved
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: Path) -> Iterator[None]:
+    """Holds the workdir's lock (`.lock`) for a training's lifetime: a second training on
+    the same workdir is refused, naming the lock and its holder, instead of both writing
+    checkpoints and exports over each other."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = records.FileLock(workdir / LOCK_FILE)
+    if not lock.acquire():
+        raise RuntimeError(f"{workdir} is in use by another training ({lock.holder()} holds "
+                           f"{lock.path}): wait for it to finish, or choose another --workdir")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def dataset_model(config: ModelConfig, meta: Mapping[str, Any]) -> models.HolsteinModel:
