@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
-from tf_holstein import baselines, cli, cost, evaluation, physics, records
+from tf_holstein import cli, cost, loading, physics, records
 from tf_holstein.configs import get_config
 from tf_holstein.plots import plt, save_figure
 
@@ -88,8 +88,7 @@ def main(argv: Sequence[str]) -> None:
     meta = {"config": {"g_f": config.g_f, "dt": config.dt,
                        "save_interval": config.save_interval},
             "time_step": config.dt * config.save_interval}
-    loaded = {spec: baselines.baseline_model(spec, meta) if baselines.is_baseline(spec)
-              else evaluation.load_model(spec) for spec in FLAGS.model}
+    loaded = {spec: loading.load(spec, meta) for spec in FLAGS.model}
     table: dict[str, dict[int, float]] = {spec: {} for spec in FLAGS.model}
     details: list[dict[str, Any]] = []
     too_slow: set[str] = set()

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import baselines, evaluation, physics, records
+from tf_holstein import loading, physics, records
 
 def budget(states: Mapping[str, np.ndarray], g: float, steps: Sequence[int]
            ) -> dict[str, Any]:
@@ -51,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     truth = records.load_split(args.data, args.split)
     meta = truth["meta"]
     steps = [min(int(s), meta["T"]) for s in args.steps.split(",")]
-    model = baselines.baseline_model(args.model, meta) if baselines.is_baseline(args.model) \
-        else evaluation.load_model(args.model)
+    model = loading.load(args.model, meta)
     initial = {key: truth[key][:args.n, 0] for key in records.STATE_KEYS}
     predicted = model.rollout(initial, meta["T"])
     rollouts = {key: np.concatenate([initial[key][:, None], predicted[key]], axis=1)

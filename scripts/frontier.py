@@ -6,7 +6,7 @@ its cost per saved step, measured in one run on one machine.
         --group deep_L32_seeds=runs/s0,runs/s1,runs/s2
 
 Each `--model` (a model path or a baseline spec, `tf_holstein.baselines`) and each member
-of a `--group` (the training seeds of one recipe) is evaluated with `tf_holstein.evaluation`
+of a `--group` (the training seeds of one recipe) is evaluated with `tf_holstein.scoring`
 into `<out>/<label>` (skipped if its metrics.json is there: the run resumes; `--overwrite`
 redoes it), cost included (`tf_holstein.cost`). Writes to `--out`:
 - frontier.json and frontier.md: per model the climate error (the larger of
@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import baselines, comparison, evaluation, metrics, near_pi, records
+from tf_holstein import baselines, comparison, metrics, near_pi, records, scoring
 from tf_holstein.plots import plt, save_figure
 
 
@@ -39,10 +39,10 @@ def evaluated(spec: str, data: str, out_dir: Path, args: argparse.Namespace) -> 
     if stored.exists() and not args.overwrite:
         return json.loads(stored.read_text())
     print(f"frontier: evaluating {spec} -> {out_dir}", flush=True)
-    return evaluation.evaluate(spec, data, out_dir=out_dir, n_traj=args.n_traj,
-                               batch_size=args.eval_batch, cost_batch=args.cost_batch,
-                               cost_steps=args.cost_steps, cost_repeats=args.cost_repeats,
-                               progress=args.progress)
+    return scoring.evaluate(spec, data, out_dir=out_dir, n_traj=args.n_traj,
+                            batch_size=args.eval_batch, cost_batch=args.cost_batch,
+                            cost_steps=args.cost_steps, cost_repeats=args.cost_repeats,
+                            progress=args.progress)
 
 
 def point(result: Mapping[str, Any]) -> dict[str, Any]:

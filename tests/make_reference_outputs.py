@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_holstein import evaluation, export, physics
+from tf_holstein import export, loading, physics
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "saved_models"
@@ -36,10 +36,10 @@ def shipped_outputs(name: str, state: dict[str, np.ndarray]) -> dict[str, np.nda
     model's single step (with PARC's derivatives)."""
     outputs = {}
     for form, path in (("saved_model", SHIPPED / name), ("keras", SHIPPED / name / "model.keras")):
-        loaded = evaluation.load_model(path)
+        loaded = loading.load_model(path)
         for key, value in loaded.rollout(state, STEPS).items():
             outputs[f"{form}/rollout/{key}"] = value
-    model = evaluation.load_model(SHIPPED / name / "model.keras").handle
+    model = loading.load_model(SHIPPED / name / "model.keras").handle
     step = model.step(state, return_derivatives=model.has_derivatives)
     next_state, derivative = step if model.has_derivatives else (step, {})
     outputs.update({f"keras/step/{key}": np.asarray(value) for key, value in next_state.items()})

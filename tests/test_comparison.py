@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tf_holstein import comparison, evaluation, export, models
+from tf_holstein import comparison, export, models, report
 from tf_holstein.configs import ModelConfig
 
 
@@ -31,7 +31,7 @@ def test_two_models_are_evaluated_and_compared_by_one_command(two_models, smoke_
     assert run.returncode == 0, run.stderr[-2000:]
     table = json.loads((tmp_path / "comparison.json").read_text())
     assert list(table["models"]) == ["identity", "perturbed"]
-    headlines = {label: evaluation.headline(json.loads(
+    headlines = {label: report.headline(json.loads(
         (tmp_path / label / "metrics.json").read_text())) for label in table["models"]}
     assert table["run"]["n_trajectories"] == 2 and table["run"]["split"] == "test"
     printed = json.loads(run.stdout[run.stdout.index("{"):])

@@ -47,12 +47,12 @@ def test_noise_levels_must_be_positive():
 def test_evaluate_reports_the_exact_simulators_noise_contraction(smoke_dataset, tmp_path):
     """Restarted from a stored state, the exact simulator reproduces the next one up to the
     stored float32 rounding; input noise is then carried along by the true flow."""
-    from tf_holstein import baselines, evaluation
+    from tf_holstein import baselines, report, scoring
 
-    result = evaluation.evaluate(baselines.EXACT, smoke_dataset, split="test", out_dir=tmp_path,
-                                 noise_levels=[1e-3], progress=False)
+    result = scoring.evaluate(baselines.EXACT, smoke_dataset, split="test", out_dir=tmp_path,
+                              noise_levels=[1e-3], progress=False)
     entry = result["noise_contraction"]
     assert entry["0"]["error_state"] < 1e-5
     assert 0.1 < entry["0.001"]["gain_state"] < 10.0
-    saved = evaluation.to_json(result)["noise_contraction"]
+    saved = report.to_json(result)["noise_contraction"]
     assert saved["0.001"]["gain_Q"] == pytest.approx(entry["0.001"]["gain_Q"])

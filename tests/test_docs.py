@@ -313,7 +313,7 @@ def test_the_score_your_own_model_page_runs_and_scores(smoke_dataset, tmp_path, 
     """The page's NumPy rollout, from the netCDF of a test split, is accepted by the
     evaluator (every rollout starts at its stored state) and, being RK4 at a small step,
     follows the truth closely."""
-    from tf_holstein import evaluation, netcdf
+    from tf_holstein import netcdf, scoring
 
     page = (ROOT / "docs" / "score-your-own-model.md").read_text()
     code = page.split("```python\n", 1)[1].split("```", 1)[0]
@@ -323,9 +323,9 @@ def test_the_score_your_own_model_page_runs_and_scores(smoke_dataset, tmp_path, 
     netcdf.export(smoke_dataset, tmp_path / "runs" / "quickstart" / "test.nc", split="test")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "score-your-own-model.md", "exec"), {})
-    result = evaluation.evaluate_predictions("runs/quickstart/my_model.npz", "data/quickstart",
-                                             out_dir="runs/quickstart/my_model",
-                                             progress=False)
+    result = scoring.evaluate_predictions("runs/quickstart/my_model.npz", "data/quickstart",
+                                          out_dir="runs/quickstart/my_model",
+                                          progress=False)
     summary = result["summary"]
     assert summary["n_trajectories"] == 2 and summary["n_diverged"] == 0
     for name in ("Delta_rho", "Delta_Q"):

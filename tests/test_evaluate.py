@@ -13,8 +13,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from float32 import kernel_tolerance
-from tf_holstein import (baselines, climate, evaluation, export, metrics, models, near_pi, physics,
-                         records, rollout)
+from tf_holstein import (baselines, climate, export, loading, metrics, models, near_pi, physics,
+                         records, report, rollout, scoring)
 from tf_holstein.configs import ModelConfig, get_config
 
 SMOKE = get_config("smoke")
@@ -144,7 +144,7 @@ def test_out_of_range_flags_non_finite_and_large_values():
         [False, True, True, True, False]
 
 
-def synthetic_collected(first_diverged: list[int]) -> rollout.Collected:
+def synthetic_collected(first_diverged: list[int]) -> metrics.Collected:
     """Three trajectories of 40 steps; diverged ones turn NaN from their first bad step."""
     rng = np.random.default_rng(3)
     n, steps = len(first_diverged), 40
@@ -161,7 +161,7 @@ def synthetic_collected(first_diverged: list[int]) -> rollout.Collected:
             for values in (*prediction.values(), *mse.values()):
                 values[k, first - 1:] = np.nan
     initial = {"energy": np.full(n, -4.0), "purity": np.full(n, 1.5)}
-    return rollout.Collected(index=np.arange(n), initial=initial, truth=truth,
+    return metrics.Collected(index=np.arange(n), initial=initial, truth=truth,
                               prediction=prediction, mse=mse,
                               first_diverged=np.array(first_diverged), snapshots={},
                               seconds=1.0)
@@ -188,7 +188,7 @@ def test_metrics_use_non_diverged_trajectories_and_count_the_rest():
                                    np.sqrt(np.mean((pred[kept] - truth[kept]) ** 2, axis=0)))
     np.testing.assert_allclose(result["per_step"]["rmse"]["Q"],
                                np.sqrt(collected.mse["Q"][kept].mean(axis=0)))
-    json.dumps(evaluation.to_json(result), allow_nan=False)  # NaN never reaches the file
+    json.dumps(report.to_json(result), allow_nan=False)  # NaN never reaches the file
     # Model selection: the diverged trajectory counts as infinitely wrong in the median and
     # fails the climate test outright.
     assert summary["selection"] == {
@@ -202,7 +202,7 @@ def test_metrics_use_non_diverged_trajectories_and_count_the_rest():
 
 def test_metrics_when_every_trajectory_diverged_are_none_not_a_crash():
     result = metrics.compute_metrics(synthetic_collected([1, 3, 40]), L=4, max_lag=10)
-    summary = evaluation.to_json(result)["summary"]
+    summary = report.to_json(result)["summary"]
     assert summary["n_kept"] == 0
     assert summary["Delta_rho"]["median_rmse_over_std"] is None
     assert summary["Delta_rho"]["median_rmse_over_std_counting_diverged"] is None
@@ -214,10 +214,10 @@ def test_metrics_when_every_trajectory_diverged_are_none_not_a_crash():
 def test_identity_model_metrics_equal_a_direct_computation(identity_run, smoke_dataset, truth):
     """The identity model predicts the initial state forever: every error is the truth's
     distance from its start, computed here straight from load_split."""
-    result = evaluation.evaluate(identity_run, smoke_dataset, progress=False)
+    result = scoring.evaluate(identity_run, smoke_dataset, progress=False)
     out = identity_run / "eval-test"  # the default: inside the workdir
     assert all((out / name).stat().st_size > 0 for name in (*FIGURES, "metrics.json"))
-    assert json.loads((out / "metrics.json").read_text()) == evaluation.to_json(result)
+    assert json.loads((out / "metrics.json").read_text()) == report.to_json(result)
     assert result["run"]["model_format"] == "saved_model"
     T = truth["Q"].shape[1] - 1
     for key in records.STATE_KEYS:
@@ -246,12 +246,12 @@ def test_chunked_keras_and_saved_model_rollouts_agree_with_the_model(perturbed, 
                                                                      truth, tmp_path):
     model, workdir = perturbed
     steps = 10
-    keras_metrics = evaluation.evaluate(workdir / "export" / "model.keras", smoke_dataset,
-                                        steps=steps, chunk=3, batch_size=1,
-                                        out_dir=tmp_path / "keras", snapshot_steps=[0, 4, 10],
-                                        progress=False)
-    saved_metrics = evaluation.evaluate(workdir / "export" / "saved_model", smoke_dataset,
-                                        steps=steps, out_dir=tmp_path / "saved", progress=False)
+    keras_metrics = scoring.evaluate(workdir / "export" / "model.keras", smoke_dataset,
+                                     steps=steps, chunk=3, batch_size=1,
+                                     out_dir=tmp_path / "keras", snapshot_steps=[0, 4, 10],
+                                     progress=False)
+    saved_metrics = scoring.evaluate(workdir / "export" / "saved_model", smoke_dataset,
+                                     steps=steps, out_dir=tmp_path / "saved", progress=False)
     assert keras_metrics["run"]["model_format"] == "keras"
     predicted = model.rollout({key: truth[key][:, 0] for key in records.STATE_KEYS}, steps)
     expected_q = np.sqrt(np.mean((predicted["Q"].numpy() - truth["Q"][:, 1:steps + 1]) ** 2,
@@ -283,8 +283,8 @@ def test_a_diverging_model_is_reported_not_crashed_on(smoke_dataset, smoke_meta,
     beyond = np.abs(truth["P"][:, :1] + t * increment).max(axis=-1) > limit
     expected = beyond.argmax(axis=1) + 1
     assert 1 < expected.min() and expected.max() < smoke_meta["T"]  # diverges mid-rollout
-    result = evaluation.evaluate(tmp_path / "export" / "model.keras", smoke_dataset,
-                                 out_dir=tmp_path / "eval", chunk=4, progress=False)
+    result = scoring.evaluate(tmp_path / "export" / "model.keras", smoke_dataset,
+                              out_dir=tmp_path / "eval", chunk=4, progress=False)
     assert result["per_trajectory"]["first_diverged_step"] == expected.tolist()
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["summary"]["n_diverged"] == 2 and saved["summary"]["n_kept"] == 0
@@ -301,22 +301,22 @@ def test_bad_requests_are_refused_with_reasons(identity_run, smoke_dataset, smok
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
-            evaluation.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False,
-                                **kwargs)
+            scoring.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False,
+                             **kwargs)
     with pytest.raises(FileNotFoundError, match="no model at"):
-        evaluation.evaluate(tmp_path / "nothing", smoke_dataset, progress=False)
+        scoring.evaluate(tmp_path / "nothing", smoke_dataset, progress=False)
     other = export_workdir(models.build_model(ModelConfig(), smoke_meta["scales"]), tmp_path / "run",
                            {**smoke_meta, "config": {**smoke_meta["config"], "g_f": 1.0},
                             "time_step": 2.56})
     with pytest.raises(ValueError, match="predicts steps of 2.56 .* g_f = 1"):
-        evaluation.evaluate(other, smoke_dataset, progress=False)
+        scoring.evaluate(other, smoke_dataset, progress=False)
 
 
 def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path):
     """--model exact restarts RK4 from the stored float32 states: at L = 8 over 12 steps the
     rounding stays at float32 level, and every metric sits at its floor."""
-    result = evaluation.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path, chunk=5,
-                                 progress=False)
+    result = scoring.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path, chunk=5,
+                              progress=False)
     summary = result["summary"]
     assert result["run"]["model_format"] == "exact" and summary["n_diverged"] == 0
     for name in metrics.ORDER_PARAMETERS:
@@ -324,7 +324,7 @@ def test_the_exact_simulator_reproduces_the_stored_truth(smoke_dataset, tmp_path
         assert summary[name]["autocorrelation_max_abs_diff"] < 1e-3  # 12 steps: ill-conditioned
     assert max(summary["state_rmse"].values()) < 1e-7, summary["state_rmse"]
     with pytest.raises(ValueError, match="--model exact has no directory to write into"):
-        evaluation.evaluate(baselines.EXACT, smoke_dataset, progress=False)
+        scoring.evaluate(baselines.EXACT, smoke_dataset, progress=False)
 
 
 def test_the_split_step_converges_on_the_stored_truth(tmp_path):
@@ -339,14 +339,14 @@ def test_the_split_step_converges_on_the_stored_truth(tmp_path):
                                  tmp_path / "data", progress=False)
     errors = []
     for parts in (1, 2):
-        result = evaluation.evaluate(f"{baselines.SPLIT}:{parts}", test_only,
-                                     out_dir=tmp_path / str(parts), progress=False)
+        result = scoring.evaluate(f"{baselines.SPLIT}:{parts}", test_only,
+                                  out_dir=tmp_path / str(parts), progress=False)
         assert result["run"]["model_format"] == f"split:{parts}"
         assert result["summary"]["n_diverged"] == 0
         errors.append(max(result["summary"]["state_rmse"].values()))
     assert errors[1] < 1e-3 and 3 < errors[0] / errors[1] < 5, errors
     with pytest.raises(ValueError, match="expected N, a whole number of parts"):
-        evaluation.evaluate("split:two", test_only, out_dir=tmp_path, progress=False)
+        scoring.evaluate("split:two", test_only, out_dir=tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("kind", ["saved_model", "keras", "exact", "rk4", "trotter2",
@@ -364,36 +364,36 @@ def test_the_cost_is_recorded_for_every_kind_of_model(kind, identity_run, smoke_
         "trotter2": (f"trotter2:{time_step / 2}", "float64"),
         "trotter4:float32": (f"trotter4:{time_step}:float32", "float32"),
         "split": ("split:1", "float64")}[kind]
-    result = evaluation.evaluate(model, smoke_dataset, out_dir=tmp_path, cost_batch=5,
-                                 cost_steps=3, cost_repeats=2, progress=False)
+    result = scoring.evaluate(model, smoke_dataset, out_dir=tmp_path, cost_batch=5,
+                              cost_steps=3, cost_repeats=2, progress=False)
     cost = json.loads((tmp_path / "metrics.json").read_text())["cost"]
-    assert cost == evaluation.to_json(result["cost"])
+    assert cost == report.to_json(result["cost"])
     assert (cost["batch"], cost["steps"], cost["repeats"], cost["precision"]) == \
         (5, 3, 2, precision)
     low, high = cost["us_per_trajectory_step_range"]
     assert 0 < low <= cost["us_per_trajectory_step"] <= high
     assert cost["cpu"] and cost["intra_op_threads"] >= 1 and cost["inter_op_threads"] >= 1
-    assert evaluation.headline(result)["cost_us_per_trajectory_step"] == \
+    assert report.headline(result)["cost_us_per_trajectory_step"] == \
         cost["us_per_trajectory_step"]
 
 
 def test_no_cost_without_timed_rollouts(identity_run, smoke_dataset, tmp_path):
-    result = evaluation.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, cost_repeats=0,
-                                 progress=False)
+    result = scoring.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, cost_repeats=0,
+                              progress=False)
     assert result["cost"] is None
-    assert "cost_us_per_trajectory_step" not in evaluation.headline(result)
+    assert "cost_us_per_trajectory_step" not in report.headline(result)
 
 
 def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
     export_dir = identity_run / "export"
-    assert evaluation.resolve_model_path(identity_run) == export_dir / "saved_model"
-    assert evaluation.resolve_model_path(export_dir) == export_dir / "saved_model"
-    assert evaluation.resolve_model_path(export_dir / "model.keras") == export_dir / "model.keras"
-    assert evaluation.default_out_dir(export_dir / "saved_model", "val") == export_dir / "eval-val"
-    assert evaluation.default_out_dir(identity_run, "test") == identity_run / "eval-test"
+    assert loading.resolve_model_path(identity_run) == export_dir / "saved_model"
+    assert loading.resolve_model_path(export_dir) == export_dir / "saved_model"
+    assert loading.resolve_model_path(export_dir / "model.keras") == export_dir / "model.keras"
+    assert report.default_out_dir(export_dir / "saved_model", "val") == export_dir / "eval-val"
+    assert report.default_out_dir(identity_run, "test") == identity_run / "eval-test"
     # A shipped model's folder is itself a SavedModel: its results go inside it.
     shipped = Path("saved_models/shallow_L16")
-    assert evaluation.default_out_dir(shipped, "test") == shipped / "eval-test"
+    assert report.default_out_dir(shipped, "test") == shipped / "eval-test"
 
 
 def test_command_line(identity_run, smoke_dataset, tmp_path):
@@ -442,7 +442,7 @@ def damaged_copy(smoke_dataset, target, damage):
 def test_a_damaged_shard_is_one_line_naming_it(identity_run, smoke_dataset, tmp_path):
     cut, shard = damaged_copy(smoke_dataset, tmp_path / "cut", "cut")
     with pytest.raises(IOError, match=f"{shard} holds 1 trajectories, meta.json implies 2"):
-        evaluation.evaluate(identity_run, cut, out_dir=tmp_path / "out", progress=False)
+        scoring.evaluate(identity_run, cut, out_dir=tmp_path / "out", progress=False)
     flipped, shard = damaged_copy(smoke_dataset, tmp_path / "flipped", "flip")
     result = subprocess.run(
         [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",
@@ -463,9 +463,9 @@ def test_another_chain_length_is_refused_unless_allowed(smoke_dataset, smoke_met
         **smoke_meta["config"], "L": 16}})
     with pytest.raises(ValueError, match=r"trained on L = 16, the dataset has L = 8 \(pass "
                                          r"--allow_other_L"):
-        evaluation.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", progress=False)
-    result = evaluation.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", steps=2,
-                                 allow_other_L=True, progress=False)
+        scoring.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", progress=False)
+    result = scoring.evaluate(other_L, smoke_dataset, out_dir=tmp_path / "out", steps=2,
+                              allow_other_L=True, progress=False)
     assert result["summary"]["n_trajectories"] == SMOKE.data.n_test
 
 
@@ -476,7 +476,7 @@ def test_the_climate_of_a_constant_forecast_equals_a_direct_computation(identity
     """The identity model forecasts each trajectory's initial state forever: its climate is
     computed here from load_split with the functions of tf_holstein.climate; a constant
     series has no power at any frequency, so its spectral error is exactly 1."""
-    result = evaluation.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False)
+    result = scoring.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, progress=False)
     time_step = result["run"]["time_step"]
     orders = dict(zip(metrics.ORDER_PARAMETERS, (np.asarray(x) for x in physics.order_parameters(
         truth["rho"].astype(np.complex128), truth["Q"].astype(np.float64)))))
@@ -502,7 +502,7 @@ def test_the_climate_of_a_constant_forecast_equals_a_direct_computation(identity
                                   np.stack(list(constant.values()), -1), time_step)
     np.testing.assert_allclose(result["valid_time"]["per_trajectory"],
                                expected["per_trajectory"])
-    head = evaluation.headline(result)
+    head = report.headline(result)
     assert head["valid_time_median"] == pytest.approx(expected["median"])
     assert head["Delta_Q_spectrum_relative_error"] == pytest.approx(1.0)
     assert head["structure_factor_relative_error"] == pytest.approx(
@@ -547,9 +547,9 @@ def test_s_of_k_near_pi_of_the_replayed_truth(truth, smoke_dataset, smoke_meta, 
     np.savez(path, index=truth["index"], **dict(zip(metrics.ORDER_PARAMETERS, map(np.asarray,
                                                                                   orders))),
              **({key: truth[key] for key in records.STATE_KEYS} if states else {}))
-    result = evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
-                                             progress=False)
-    head = evaluation.headline(result)
+    result = scoring.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
+                                          progress=False)
+    head = report.headline(result)
     height = png_height(tmp_path / "out" / "autocorrelation.png")
     if not states:
         assert near_pi.SECTION not in result
@@ -576,8 +576,8 @@ def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth,
     """--lyapunov_trajectories: the truth's exponent is climate.largest_lyapunov of the
     simulator from the split's first initial states; the exact model's, measured through
     float32 states with twins 1e-4 apart, is the same up to that rounding."""
-    result = evaluation.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path,
-                                 lyapunov_trajectories=2, progress=False)
+    result = scoring.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path,
+                              lyapunov_trajectories=2, progress=False)
     lyapunov = result["lyapunov"]
     steps, time_step = smoke_meta["T"], smoke_meta["time_step"]
     transient = steps // 4  # climate.LYAPUNOV_TRANSIENT is longer than a quarter here
@@ -594,13 +594,13 @@ def test_lyapunov_exponents_of_the_exact_model(smoke_dataset, smoke_meta, truth,
     intervals = (steps - transient) * 2
     bound = 3 * 2 * EPS32 / climate.MODEL_SEPARATION / np.sqrt(intervals) / time_step
     assert abs(lyapunov["prediction"]["mean"] - lyapunov["truth"]["mean"]) < bound
-    head = evaluation.headline(result)
+    head = report.headline(result)
     assert head["lyapunov_truth"] == pytest.approx(expected["mean"], rel=1e-12)
     assert head["lyapunov_prediction"] == pytest.approx(lyapunov["prediction"]["mean"])
     assert (tmp_path / "lyapunov.png").stat().st_size > 0
     with pytest.raises(ValueError, match=r"lyapunov_trajectories must be in 0\.\.2"):
-        evaluation.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path,
-                            lyapunov_trajectories=3, progress=False)
+        scoring.evaluate(baselines.EXACT, smoke_dataset, out_dir=tmp_path,
+                         lyapunov_trajectories=3, progress=False)
 
 
 def test_a_relaxing_series_can_have_an_autocorrelation_far_above_one():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from float32 import kernel_tolerance, sum_tolerance
-from tf_holstein import climate, evaluation, export, metrics, physics, records
+from tf_holstein import climate, export, metrics, physics, records, report, scoring
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "batch_inference.py"
 EPS32 = float(np.finfo(np.float32).eps)
@@ -60,8 +60,8 @@ def test_batch_inference_output_scores_as_the_model_evaluated_directly(
     """Batch inference and evaluate run the same SavedModel signature on the same states in
     one batch and one chunk: the same float32 numbers, so every metric agrees up to float64
     rounding in the metrics. The command line is the issue's."""
-    direct = evaluation.evaluate(saved_model, smoke_dataset, out_dir=tmp_path / "direct",
-                                 progress=False)
+    direct = scoring.evaluate(saved_model, smoke_dataset, out_dir=tmp_path / "direct",
+                              progress=False)
     npz = batch_inference_npz(saved_model, smoke_dataset, tmp_path / "pred.npz")
     run = subprocess.run(
         [sys.executable, "-m", "tf_holstein.evaluate", "--predictions", str(npz), "--data",
@@ -69,7 +69,7 @@ def test_batch_inference_output_scores_as_the_model_evaluated_directly(
          "--progress=false"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     replayed = json.loads((tmp_path / "replayed" / "metrics.json").read_text())
-    expected = evaluation.to_json(direct)
+    expected = report.to_json(direct)
     for section in ("summary", "per_step", "per_trajectory", "autocorrelation", "bands",
                     "physics", "distribution", "spectrum", "valid_time"):
         np.testing.assert_equal(*(_rounded(x[section]) for x in (replayed, expected)))
@@ -83,8 +83,8 @@ def test_batch_inference_output_scores_as_the_model_evaluated_directly(
     # rollout may run other kernels and its means round in float32.
     only = batch_inference_npz(saved_model, smoke_dataset, tmp_path / "op.npz",
                                "--order_parameters_only")
-    result = evaluation.evaluate_predictions(only, smoke_dataset, out_dir=tmp_path / "op",
-                                             progress=False)
+    result = scoring.evaluate_predictions(only, smoke_dataset, out_dir=tmp_path / "op",
+                                          progress=False)
     L, steps = smoke_meta["L"], smoke_meta["T"]
     scale = max(smoke_meta["scales"]["rho"], smoke_meta["scales"]["Q"])
     shift = kernel_tolerance(scale, steps) + sum_tolerance(L, scale)  # per value of Delta
@@ -116,8 +116,8 @@ def _rounded(x):
 def test_the_truth_scores_zero_on_every_distance(truth, smoke_dataset, smoke_meta, tmp_path,
                                                  states):
     path = truth_file(tmp_path / "truth.npz", truth, states)
-    result = evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
-                                             progress=False)
+    result = scoring.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
+                                          progress=False)
     summary = result["summary"]
     for name in metrics.ORDER_PARAMETERS:
         assert summary[name]["median_rmse_over_std"] == 0.0
@@ -150,14 +150,14 @@ def test_netcdf_predictions_score_as_their_npz(truth, smoke_dataset, tmp_path):
         f["rho_real"], f["rho_imag"] = truth["rho"][order].real, truth["rho"][order].imag
         for key, value in arrays.items():
             f[key] = value
-    results = [evaluation.evaluate_predictions(tmp_path / name, smoke_dataset,
-                                               out_dir=tmp_path / f"out-{name}", progress=False)
+    results = [scoring.evaluate_predictions(tmp_path / name, smoke_dataset,
+                                            out_dir=tmp_path / f"out-{name}", progress=False)
                for name in ("p.npz", "p.nc")]
     assert results[0]["summary"] == results[1]["summary"]
     (tmp_path / "bad.nc").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="bad.nc is not a readable netCDF-4"):
-        evaluation.evaluate_predictions(tmp_path / "bad.nc", smoke_dataset,
-                                        out_dir=tmp_path / "bad", progress=False)
+        scoring.evaluate_predictions(tmp_path / "bad.nc", smoke_dataset,
+                                     out_dir=tmp_path / "bad", progress=False)
 
 
 def test_known_perturbations_score_what_numpy_says(truth, smoke_dataset, smoke_meta, tmp_path):
@@ -170,8 +170,8 @@ def test_known_perturbations_score_what_numpy_says(truth, smoke_dataset, smoke_m
     shifted[:, 0], scaled[:, 0] = rho[:, 0], q[:, 0]  # step 0 is the initial state
     path = truth_file(tmp_path / "op.npz", truth, states=False, Delta_rho=shifted,
                       Delta_Q=scaled)
-    result = evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "op",
-                                             progress=False)
+    result = scoring.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "op",
+                                          progress=False)
     series = {"Delta_rho": rho[:, 1:], "Delta_Q": q[:, 1:]}  # scored: steps 1..T
     assert result["distribution"]["Delta_rho"]["wasserstein_1"] == pytest.approx(c, rel=1e-9)
     assert result["summary"]["Delta_rho"]["median_rmse_over_std"] == pytest.approx(
@@ -198,12 +198,12 @@ def test_known_perturbations_score_what_numpy_says(truth, smoke_dataset, smoke_m
                                          "0's initial state in the split \\(Q differs by "
                                          "0.02.*steps \\+ 1 entries, entry 0 being the "
                                          "initial state"):
-        evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "s",
-                                        progress=False)
+        scoring.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "s",
+                                     progress=False)
     moved[:, 0] = truth["Q"][:, 0]
     path = truth_file(tmp_path / "states.npz", truth, Q=moved)
-    result = evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "s",
-                                             progress=False)
+    result = scoring.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "s",
+                                          progress=False)
     # Q and its float32 rounding: |moved - Q| = b up to one float32 unit of |Q| + b.
     rounding = EPS32 * float(np.abs(moved).max())
     assert result["summary"]["state_rmse"]["Q"] == pytest.approx(b, abs=rounding)
@@ -233,14 +233,14 @@ def test_files_that_do_not_fit_the_dataset_are_refused(truth, smoke_dataset, smo
     for name, (changes, message) in cases.items():
         path = truth_file(tmp_path / f"{name}.npz", truth, **changes)
         with pytest.raises(ValueError, match=message):
-            evaluation.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
-                                            progress=False)
+            scoring.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
+                                         progress=False)
     # Another split: its trajectories 0 and 1 exist, but start elsewhere.
     path = truth_file(tmp_path / "test.npz", truth, states=False)
     with pytest.raises(ValueError, match="were the predictions made from another split, "
                                          "dataset or start step"):
-        evaluation.evaluate_predictions(path, smoke_dataset, split="val",
-                                        out_dir=tmp_path / "out", progress=False)
+        scoring.evaluate_predictions(path, smoke_dataset, split="val",
+                                     out_dir=tmp_path / "out", progress=False)
     run = subprocess.run(
         [sys.executable, "-m", "tf_holstein.evaluate", "--predictions", str(path), "--data",
          str(smoke_dataset), "--split", "test", "--steps", "5", "--out", str(tmp_path / "o"),

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from float32 import EPS32, KERNEL_ULPS, eigh_tolerance
-from tf_holstein import evaluation, export, physics, records, simulate
+from tf_holstein import export, loading, physics, records, simulate
 from tf_holstein.configs import get_config
 
 SHIPPED = Path(__file__).resolve().parent.parent / "saved_models"
@@ -59,8 +59,8 @@ def amplification(rollout, state: dict, scales: dict, steps: int) -> np.ndarray:
 def test_shipped_savedmodel_and_keras_file_agree_and_move(name, config_name):
     state = first_saved_states(config_name)
     L = state["Q"].shape[-1]
-    served = evaluation.load_model(SHIPPED / name)
-    in_process = evaluation.load_model(SHIPPED / name / "model.keras")
+    served = loading.load_model(SHIPPED / name)
+    in_process = loading.load_model(SHIPPED / name / "model.keras")
     assert (served.format, in_process.format) == ("saved_model", "keras")
     scales = in_process.handle.scales
     a, b = served.rollout(state, STEPS), in_process.rollout(state, STEPS)
@@ -102,8 +102,8 @@ def test_shipped_models_give_their_stored_outputs(name):
               if key.startswith(name + "/")}
     state = {key: stored[f"input/{key}"] for key in records.STATE_KEYS}
     L = state["Q"].shape[-1]
-    forms = {"saved_model": evaluation.load_model(SHIPPED / name),
-             "keras": evaluation.load_model(SHIPPED / name / "model.keras")}
+    forms = {"saved_model": loading.load_model(SHIPPED / name),
+             "keras": loading.load_model(SHIPPED / name / "model.keras")}
     model = forms["keras"].handle
     scales = model.scales
     per_step = KERNEL_ULPS * EPS32

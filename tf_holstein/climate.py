@@ -225,7 +225,7 @@ def simulator_advance(g: float, dt: float, save_interval: int) -> Advance:
 
 
 def rollout_advance(rollout: Callable[[Mapping[str, np.ndarray], int], State]) -> Advance:
-    """A model's rollout (`evaluation.LoadedModel.rollout`: states after steps 1..n [B, n, ...])
+    """A model's rollout (`rollout.LoadedModel.rollout`: states after steps 1..n [B, n, ...])
     as an Advance (its last state). The model reads complex64 / float32."""
     def advance(state: Mapping[str, np.ndarray], n_steps: int) -> State:
         out = rollout({"rho": np.asarray(state["rho"], np.complex64),

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import evaluation, metrics, records
+from tf_holstein import metrics, records, report
 from tf_holstein.climate_plots import SYMBOLS
 from tf_holstein.plots import plt, save_figure
 
@@ -47,8 +47,8 @@ def evaluate_several(evaluate_one: Callable[[str, Path], Mapping[str, Any]],
 
 def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> dict[str, Any]:
     """Writes comparison.json, comparison.md and FIGURES for evaluations `{label: result}`
-    (`evaluation.evaluate`'s, of the same data, split and steps); returns the comparison:
-    the shared run settings, each model's path and, per headline number (`evaluation.headline`),
+    (`scoring.evaluate`'s, of the same data, split and steps); returns the comparison:
+    the shared run settings, each model's path and, per headline number (`report.headline`),
     `values` per model, their `median`, `min` and `max` over the models that have one, and
     how many do (`n`)."""
     if len(results) < 2:
@@ -61,7 +61,7 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> di
             raise ValueError(f"{label} was evaluated with another "
                              f"{', '.join(differing)} than {next(iter(runs))}: compare "
                              f"evaluations of the same data, split and steps")
-    headlines = {label: evaluation.headline(result) for label, result in results.items()}
+    headlines = {label: report.headline(result) for label, result in results.items()}
     # Every model's headline names, in order of first appearance.
     names = [name for name in dict.fromkeys(name for headline in headlines.values()
                                             for name in headline)
@@ -80,7 +80,7 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> di
                   "metrics": table}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records.write_json(out_dir / "comparison.json", evaluation.to_json(comparison))
+    records.write_json(out_dir / "comparison.json", report.to_json(comparison))
     records.atomic_write_bytes(out_dir / "comparison.md", markdown(comparison).encode())
     write_overlay_figures(out_dir, results)
     return comparison

@@ -5,9 +5,10 @@
     python -m tf_holstein.evaluate --predictions FILE.npz --data DIR --split test --out OUT
     python -m tf_holstein.evaluate --model runs/seed1 --model runs/seed2 --data DIR --out OUT
 
-The command line of `tf_holstein.evaluation`, which rolls the model out against the stored
-trajectories (or reads rollouts made elsewhere, `--predictions`), computes the metrics and
-writes `metrics.json`, `order_parameters.npz` and the figures (docs/evaluation.md). Prints
+The command line of `tf_holstein.scoring`, which rolls the model out against the stored
+trajectories (or reads rollouts made elsewhere, `--predictions`) and computes the metrics,
+and of `tf_holstein.report`, which writes `metrics.json`, `order_parameters.npz` and the
+figures (docs/evaluation.md). Prints
 the headline numbers as JSON. Several models (`--model` repeated, or `--predictions`
 repeated) are each evaluated into OUT/<name> and compared in OUT (`tf_holstein.comparison`:
 comparison.md, comparison.json and overlay figures); it prints each number's median and
@@ -23,7 +24,8 @@ from typing import Any, Sequence
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import baselines, cli, comparison, cost, evaluation, metrics, records, rollout
+from tf_holstein import (baselines, cli, comparison, cost, metrics, records, report, rollout,
+                         scoring)
 from tf_holstein.cli import FLAGS
 
 # Flags that set how a model rolls out: they mean nothing for stored predictions.
@@ -111,8 +113,8 @@ def main(argv: Sequence[str]) -> None:
 
         def evaluate_one(source: str, out_dir: str | Path | None) -> dict[str, Any]:
             if FLAGS.predictions:
-                return evaluation.evaluate_predictions(source, data, out_dir=out_dir, **common)
-            return evaluation.evaluate(
+                return scoring.evaluate_predictions(source, data, out_dir=out_dir, **common)
+            return scoring.evaluate(
                 source, data, out_dir=out_dir, n_traj=FLAGS.n_traj, steps=FLAGS.steps,
                 chunk=FLAGS.chunk, allow_other_L=FLAGS.allow_other_L,
                 cost_batch=FLAGS.cost_batch, cost_steps=FLAGS.cost_steps,
@@ -120,8 +122,8 @@ def main(argv: Sequence[str]) -> None:
                 noise_levels=[float(x) for x in FLAGS.noise_contraction or ()], **common)
 
         sources = FLAGS.predictions or FLAGS.model
-        default_out = evaluation.predictions_out_dir if FLAGS.predictions else \
-            evaluation.default_out_dir
+        default_out = report.predictions_out_dir if FLAGS.predictions else \
+            report.default_out_dir
         if not FLAGS.out and not FLAGS.predictions and baselines.is_baseline(sources[0]):
             raise ValueError(f"--model {sources[0]} has no directory to write into: pass --out")
         if len(sources) > 1 and not FLAGS.out:
@@ -138,13 +140,13 @@ def main(argv: Sequence[str]) -> None:
             printed = {name: {key: entry[key] for key in ("median", "min", "max")}
                        for name, entry in compared["metrics"].items()}
         else:
-            printed = evaluation.headline(evaluate_one(sources[0], FLAGS.out))
+            printed = report.headline(evaluate_one(sources[0], FLAGS.out))
         out = FLAGS.out or default_out(sources[0], FLAGS.split)
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
     except tf.errors.OpError as e:
         sys.exit(f"evaluate: error: {records.error_text(e)}")
-    print(json.dumps({"out": str(out), **evaluation.to_json(printed)}, indent=2))
+    print(json.dumps({"out": str(out), **report.to_json(printed)}, indent=2))
 
 
 def entry_point() -> None:

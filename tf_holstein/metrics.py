@@ -3,22 +3,21 @@
 Statistics of order-parameter series (the autocorrelation A(tau) of docs/physics.md, its
 sampling floor, ensemble bands), per-state scalars and invariant drifts, the divergence
 rule, and `compute_metrics`, everything `metrics.json` reports about a rollout collected
-by `tf_holstein.rollout`. `selection_scores` are the numbers that pick the best model in
+by `tf_holstein.rollout` (a `Collected`, defined here so that rollout imports metrics and
+not the other way round). `selection_scores` are the numbers that pick the best model in
 training; `evaluate` reports the same numbers.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_holstein import physics, records
-
-if TYPE_CHECKING:
-    from tf_holstein.rollout import Collected
 
 MAX_LAG = 250  # docs/physics.md: tau = 0..250
 PERCENTILES = (10.0, 50.0, 90.0)  # ensemble bands: low, median, high
@@ -154,6 +153,28 @@ def divergence_limits(scales: Mapping[str, float], factor: float = DIVERGENCE_FA
 
 
 # -- metrics of a collected rollout ----------------------------------------------------------
+@dataclasses.dataclass
+class Collected:
+    """What a streamed rollout keeps (`rollout.against_truth`), the input of
+    `compute_metrics`: per-step scalars [N, steps] for steps 1..steps, the initial values
+    [N], the first diverged step per trajectory, and snapshot states."""
+
+    index: np.ndarray  # [N] trajectory numbers within the split
+    initial: dict[str, np.ndarray]  # state_statistics of the initial states, each [N]
+    truth: dict[str, np.ndarray]  # state_statistics of the stored states, each [N, steps]
+    prediction: dict[str, np.ndarray]  # state_statistics of the predicted states
+    mse: dict[str, np.ndarray]  # mean squared error over sites of rho, Q, P, each [N, steps]
+    first_diverged: np.ndarray  # [N] first step out of range, 0 if never
+    snapshots: dict[str, dict[str, np.ndarray]]  # {'truth'|'prediction': state [S, ...]}
+    seconds: float  # wall time of the model's rollouts
+    # {'truth'|'prediction': [N, L/2 + 1]}: each trajectory's structure factor S(k) of Q
+    # (`climate.structure_factor`) averaged over steps 1..steps
+    structure_factors: dict[str, np.ndarray] | None = None
+    # {'truth'|'prediction': {name: [N, steps]}}: S(k, t) of Q at the wave numbers nearest
+    # pi at steps 1..steps (`near_pi.series`)
+    structure_series: dict[str, dict[str, np.ndarray]] | None = None
+
+
 def invariant_drifts(collected: Collected, L: int) -> dict[str, dict[str, np.ndarray]]:
     """Drifts of the conserved quantities, `{'truth'|'prediction': {name: [N, steps]}}`.
 

@@ -61,39 +61,18 @@ def array_batches(arrays: Mapping[str, np.ndarray], batch_size: int = BATCH_SIZE
                for key in (*records.STATE_KEYS, "index")}
 
 
-@dataclasses.dataclass
-class Collected:
-    """What a streamed rollout keeps: per-step scalars [N, steps] for steps 1..steps, the
-    initial values [N], the first diverged step per trajectory, and snapshot states."""
-
-    index: np.ndarray  # [N] trajectory numbers within the split
-    initial: dict[str, np.ndarray]  # state_statistics of the initial states, each [N]
-    truth: dict[str, np.ndarray]  # state_statistics of the stored states, each [N, steps]
-    prediction: dict[str, np.ndarray]  # state_statistics of the predicted states
-    mse: dict[str, np.ndarray]  # mean squared error over sites of rho, Q, P, each [N, steps]
-    first_diverged: np.ndarray  # [N] first step out of range, 0 if never
-    snapshots: dict[str, dict[str, np.ndarray]]  # {'truth'|'prediction': state [S, ...]}
-    seconds: float  # wall time of the model's rollouts
-    # {'truth'|'prediction': [N, L/2 + 1]}: each trajectory's structure factor S(k) of Q
-    # (`climate.structure_factor`) averaged over steps 1..steps
-    structure_factors: dict[str, np.ndarray] | None = None
-    # {'truth'|'prediction': {name: [N, steps]}}: S(k, t) of Q at the wave numbers nearest
-    # pi at steps 1..steps (`near_pi.series`)
-    structure_series: dict[str, dict[str, np.ndarray]] | None = None
-
-
 def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]],
                   steps: int, g: float, limits: Mapping[str, float], *, chunk: int = CHUNK,
                   snapshot_trajectory: int = 0, snapshot_steps: Sequence[int] = (),
-                  progress: Callable[[int], None] | None = None) -> Collected:
+                  progress: Callable[[int], None] | None = None) -> metrics.Collected:
     """Rolls every batch out for `steps` steps in chunks, comparing with its truth.
 
     batches: `rho`, `Q`, `P` [B, T+1, ...] and `index` [B] each (`array_batches`,
-    `evaluation.truth_batches`); limits: `metrics.divergence_limits`. Each chunk's last
+    `truth.truth_batches`); limits: `metrics.divergence_limits`. Each chunk's last
     predicted state is fed back as the next chunk's input, so memory is
     O(batch * chunk * L^2) however long the rollout; chunking does not change the result.
     A rollout may return the order parameters alone (`Delta_rho`, `Delta_Q` [B, n]: stored
-    predictions replayed, `evaluation.replay`); then only they are scored, and `mse`,
+    predictions replayed, `predictions.replay`); then only they are scored, and `mse`,
     `structure_factors`, `structure_series` and the predicted snapshots are empty.
     progress(n) is called with the sample-steps done.
     """
@@ -157,15 +136,15 @@ def against_truth(rollout: RolloutFn, batches: Iterator[Mapping[str, np.ndarray]
     if not offset:
         raise ValueError("no trajectories to evaluate")
     merged = {name: _concatenate(values) for name, values in parts.items()}
-    return Collected(index=merged["index"], initial=merged["initial"], truth=merged["truth"],
-                     prediction=merged["prediction"], mse=merged.get("mse", {}),
-                     first_diverged=merged["first_diverged"],
-                     snapshots={source: {key: np.stack([s[key] for s in kept])
-                                         for key in records.STATE_KEYS}
-                                if kept and states else {}
-                                for source, kept in snapshots.items()},
-                     seconds=seconds, structure_factors=merged.get("structure_factors"),
-                     structure_series=merged.get("structure_series"))
+    return metrics.Collected(
+        index=merged["index"], initial=merged["initial"], truth=merged["truth"],
+        prediction=merged["prediction"], mse=merged.get("mse", {}),
+        first_diverged=merged["first_diverged"],
+        snapshots={source: {key: np.stack([s[key] for s in kept]) for key in records.STATE_KEYS}
+                   if kept and states else {}
+                   for source, kept in snapshots.items()},
+        seconds=seconds, structure_factors=merged.get("structure_factors"),
+        structure_series=merged.get("structure_series"))
 
 
 def _errors(rows: dict[str, list], predicted: Mapping[str, np.ndarray],
