@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tf_holstein import climate, climate_plots, near_pi, physics
+from tf_holstein import climate, climate_plots, near_pi, physics, plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -267,9 +267,10 @@ def test_climate_figures_are_written(tmp_path):
     lyapunov = climate.largest_lyapunov(upper_triangular_flow((0.1, -0.1), 0.0, 1.0),
                                         {"Q": np.ones((2, 2)), "P": np.ones((2, 1))},
                                         time_step=1.0, n_intervals=5)
-    climate_plots.write_climate_figures(tmp_path, out,
-                                        {"truth": lyapunov, "prediction": lyapunov})
-    for name in climate_plots.FIGURES:
+    figures = climate_plots.climate_figures(out, {"truth": lyapunov, "prediction": lyapunov})
+    assert list(figures) == list(climate_plots.FIGURES)
+    for name, fig in figures.items():
+        plots.save_figure(fig, tmp_path / name)
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 

@@ -14,7 +14,7 @@ import tensorflow_probability as tfp
 
 from float32 import kernel_tolerance
 from tf_holstein import (baselines, climate, export, loading, metrics, models, near_pi, physics,
-                         records, report, rollout, scoring)
+                         plots, records, report, rollout, scoring)
 from tf_holstein.configs import ModelConfig, get_config
 
 SMOKE = get_config("smoke")
@@ -394,6 +394,46 @@ def test_model_paths_resolve_to_the_shipped_artefact(identity_run):
     # A shipped model's folder is itself a SavedModel: its results go inside it.
     shipped = Path("saved_models/shallow_L16")
     assert report.default_out_dir(shipped, "test") == shipped / "eval-test"
+
+
+
+def test_figures_name_their_model_and_dataset(identity_run, smoke_dataset, tmp_path,
+                                              monkeypatch):
+    """Issue 37 item 13: every figure an evaluation writes is titled with its model and its
+    dataset, so that a figure read alone says what it shows."""
+    titles = {}
+
+    def kept_title(fig, path):
+        titles[Path(path).name] = fig.get_suptitle()
+        plots.plt.close(fig)
+
+    monkeypatch.setattr(plots, "save_figure", kept_title)
+    result = scoring.evaluate(identity_run, smoke_dataset, out_dir=tmp_path, cost_repeats=0,
+                              progress=False)
+    n = result["run"]["n_trajectories"]
+    assert titles == dict.fromkeys(
+        FIGURES, f"{identity_run.name} on {smoke_dataset.name} (test, {n} trajectories)")
+    assert report.figure_title({**result["run"], "model": "exact"}).startswith("exact on ")
+
+
+def test_metrics_json_records_no_machine_local_path(identity_run, smoke_dataset, tmp_path,
+                                                    monkeypatch):
+    """metrics.json's run section names the model and the data relative to the current
+    directory when it holds them, else by their folders: never an absolute path."""
+    saved_model = identity_run / "export" / "saved_model"
+    monkeypatch.chdir(os.path.commonpath([identity_run, smoke_dataset]))
+    scoring.evaluate(identity_run, smoke_dataset, out_dir=tmp_path / "inside", steps=2,
+                     cost_repeats=0, progress=False)
+    run = json.loads((tmp_path / "inside" / "metrics.json").read_text())["run"]
+    assert run["model"] == os.path.relpath(saved_model)
+    assert run["data"] == os.path.relpath(smoke_dataset)
+    monkeypatch.chdir(tmp_path)  # holds neither
+    scoring.evaluate(identity_run, smoke_dataset, out_dir=tmp_path / "outside", steps=2,
+                     cost_repeats=0, progress=False)
+    run = json.loads((tmp_path / "outside" / "metrics.json").read_text())["run"]
+    assert run["model"] == f"{identity_run.name}/export/saved_model"
+    assert run["data"] == smoke_dataset.name
+    assert report.recorded_path(baselines.EXACT) == baselines.EXACT
 
 
 def test_command_line(identity_run, smoke_dataset, tmp_path):

@@ -114,11 +114,17 @@ def _rounded(x):
 
 @pytest.mark.parametrize("states", [True, False])
 def test_the_truth_scores_zero_on_every_distance(truth, smoke_dataset, smoke_meta, tmp_path,
-                                                 states):
+                                                 states, monkeypatch):
     path = truth_file(tmp_path / "truth.npz", truth, states)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     result = scoring.evaluate_predictions(path, smoke_dataset, out_dir=tmp_path / "out",
                                           progress=False)
     summary = result["summary"]
+    # Named by the file and the dataset's folder, both outside the current directory.
+    assert (result["run"]["predictions"], result["run"]["data"]) == ("truth.npz",
+                                                                      smoke_dataset.name)
+    assert report.figure_title(result["run"]).startswith(f"truth on {smoke_dataset.name} (test")
     for name in metrics.ORDER_PARAMETERS:
         assert summary[name]["median_rmse_over_std"] == 0.0
         assert summary[name]["autocorrelation_max_abs_diff"] == 0.0

@@ -3,13 +3,12 @@ style of `tf_holstein.plots`: pooled distributions, spectra and S(k), the twins'
 separation, and the normalised forecast error with its valid time."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from tf_holstein import plots
-from tf_holstein.plots import plt, save_figure
+from tf_holstein.plots import plt
 
 FIGURES = ("distributions.png", "spectra.png", "lyapunov.png", "valid_time.png")
 SOURCES = (("truth", "tab:blue"), ("prediction", "tab:red"))
@@ -115,15 +114,14 @@ def valid_time_figure(valid_time: Mapping[str, Any]) -> plt.Figure:
     return fig
 
 
-def write_climate_figures(out_dir: str | Path, climate_result: Mapping[str, Any],
-                          lyapunov: Mapping[str, Mapping[str, Any] | None] | None = None
-                          ) -> None:
-    """Writes FIGURES to out_dir from `climate.climate_metrics` and, for lyapunov.png,
-    `{'truth' | 'prediction': climate.largest_lyapunov(...)}` (skipped if None)."""
-    out_dir = Path(out_dir)
-    save_figure(distribution_figure(climate_result["distribution"]),
-                out_dir / "distributions.png")
-    save_figure(spectrum_figure(climate_result["spectrum"]), out_dir / "spectra.png")
+def climate_figures(climate_result: Mapping[str, Any],
+                    lyapunov: Mapping[str, Mapping[str, Any] | None] | None = None
+                    ) -> dict[str, plt.Figure]:
+    """FIGURES by file name from `climate.climate_metrics` and, for lyapunov.png,
+    `{'truth' | 'prediction': climate.largest_lyapunov(...)}` (left out if None)."""
+    figures = {"distributions.png": distribution_figure(climate_result["distribution"]),
+               "spectra.png": spectrum_figure(climate_result["spectrum"])}
     if lyapunov is not None:
-        save_figure(lyapunov_figure(lyapunov), out_dir / "lyapunov.png")
-    save_figure(valid_time_figure(climate_result["valid_time"]), out_dir / "valid_time.png")
+        figures["lyapunov.png"] = lyapunov_figure(lyapunov)
+    figures["valid_time.png"] = valid_time_figure(climate_result["valid_time"])
+    return figures

@@ -10,23 +10,17 @@ import numpy as np
 
 from tf_holstein import metrics, records, report
 from tf_holstein.climate_plots import SYMBOLS
-from tf_holstein.plots import plt, save_figure
+from tf_holstein.plots import plt, save_figure, titled
 
 FIGURES = ("autocorrelation_overlay.png", "valid_time_overlay.png", "spectra_overlay.png")
 # What every compared evaluation must share, so that one truth stands against all models.
 SHARED = ("data", "split", "L", "time_step", "steps", "n_trajectories")
-# Artefact names that say nothing about which model a path is.
-GENERIC = ("saved_model", "export", "model.keras")
 
 
 def labels(paths: Sequence[str | Path]) -> list[str]:
-    """A short distinct name per model path: its last component that is not a generic
-    artefact name (runs/deep_seed2/export/saved_model -> deep_seed2), a .keras file's stem;
-    repeated names get -2, -3, ..."""
-    names = []
-    for path in paths:
-        parts = [p for p in Path(path).parts if p not in GENERIC] or [str(path)]
-        names.append(Path(parts[-1]).stem if parts[-1].endswith(".keras") else parts[-1])
+    """A short distinct name per model path (`report.model_name`); repeated names get -2,
+    -3, ..."""
+    names = [report.model_name(path) for path in paths]
     seen: dict[str, int] = {}
     out = []
     for name in names:
@@ -110,9 +104,11 @@ def markdown(comparison: Mapping[str, Any]) -> str:
 
 def write_overlay_figures(out_dir: Path, results: Mapping[str, Mapping[str, Any]]) -> None:
     """FIGURES: A(tau) of both order parameters, the median normalised error against time
-    and (with the climate) the time spectra, of every model against the truth."""
+    and (with the climate) the time spectra, of every model against the truth, titled with
+    the dataset (`report.figure_title`)."""
     first = next(iter(results.values()))
     time_step = first["run"]["time_step"]
+    title = report.figure_title(first["run"], f"{len(results)} models")
     colors = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, name in zip(axes, metrics.ORDER_PARAMETERS):
@@ -128,8 +124,7 @@ def write_overlay_figures(out_dir: Path, results: Mapping[str, Mapping[str, Any]
         ax.set_xlabel(r"$\tau$ (hbar / t)")
     axes[0].set_ylabel(r"$A(\tau)$")
     axes[1].legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, out_dir / "autocorrelation_overlay.png")
+    save_figure(titled(fig, title), out_dir / "autocorrelation_overlay.png")
     if "valid_time" not in first:
         return
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -146,8 +141,7 @@ def write_overlay_figures(out_dir: Path, results: Mapping[str, Mapping[str, Any]
     ax.set_xlabel("time (hbar / t)")
     ax.set_ylabel("median |prediction - truth| / std(truth)")
     ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, out_dir / "valid_time_overlay.png")
+    save_figure(titled(fig, title), out_dir / "valid_time_overlay.png")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, name in zip(axes, metrics.ORDER_PARAMETERS):
         entry = first["spectrum"][name]
@@ -161,5 +155,4 @@ def write_overlay_figures(out_dir: Path, results: Mapping[str, Mapping[str, Any]
         ax.set_title(f"power spectrum of {SYMBOLS[name]}", fontsize=9)
         ax.set_xlabel("frequency (1 / (hbar / t))")
     axes[1].legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, out_dir / "spectra_overlay.png")
+    save_figure(titled(fig, title), out_dir / "spectra_overlay.png")

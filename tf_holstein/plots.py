@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -62,6 +63,14 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Non
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     records.atomic_write_bytes(path, buffer.getvalue())
+
+
+def titled(fig: plt.Figure, title: str) -> plt.Figure:
+    """`fig` with `title` above all its panels (laid out again to make room for it)."""
+    fig.suptitle(title, fontsize=10)
+    if not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):
+        fig.tight_layout()
+    return fig
 
 
 def snapshot_figure(truth: Mapping[str, np.ndarray], prediction: Mapping[str, np.ndarray],

@@ -1,20 +1,26 @@
 """What an evaluation leaves behind: `metrics.json`, `order_parameters.npz` (every trace)
 and the figures (`snapshots.png`, `order_parameters.png`, `autocorrelation.png` and those
-of `climate_plots.FIGURES`) in one folder, where that folder is by default, the headline
-numbers people quote, and the plain-JSON form of it all.
+of `climate_plots.FIGURES`, each titled with its model and dataset) in one folder, where
+that folder is by default, the headline numbers people quote, and the plain-JSON form of it
+all. Paths are recorded relative to the current directory, never machine-local
+(`recorded_path`).
 """
 from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from tf_holstein import climate_plots, metrics, near_pi, plots, records
+from tf_holstein.plots import plt
 
 TRACE_ROWS = 4  # trajectories drawn in order_parameters.png (Fig. 7 shows four)
+# Artefact names that say nothing about which model a path is.
+GENERIC = ("saved_model", "export", "model.keras")
 
 
 def default_out_dir(model_path: str | Path, split: str) -> Path:
@@ -35,13 +41,13 @@ def predictions_out_dir(path: str | Path, split: str) -> Path:
 
 def write_results(out_dir: str | Path, collected: metrics.Collected,
                   result: Mapping[str, Any]) -> None:
-    """metrics.json, order_parameters.npz and the figures, into out_dir."""
+    """metrics.json, order_parameters.npz and the `figures`, into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records.write_json(out_dir / "metrics.json", to_json(result))
     _write_traces(out_dir / "order_parameters.npz", collected)
-    write_figures(out_dir, collected, result, result["run"]["time_step"],
-                  result["run"]["snapshot_steps"])
+    for name, fig in figures(collected, result).items():
+        plots.save_figure(fig, out_dir / name)
 
 
 def _write_traces(path: Path, collected: metrics.Collected) -> None:
@@ -53,32 +59,67 @@ def _write_traces(path: Path, collected: metrics.Collected) -> None:
     records.atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_figures(out_dir: Path, collected: metrics.Collected, result: Mapping[str, Any],
-                  time_step: float, snapshot_steps: Sequence[int]) -> None:
-    """snapshots.png (if the prediction has states), order_parameters.png (the first
-    non-diverged trajectories and the ensemble bands), autocorrelation.png (with S(k, t)
-    near pi if computed) and, if computed, the climate's figures
-    (`climate_plots.write_climate_figures`)."""
+def figures(collected: metrics.Collected, result: Mapping[str, Any]) -> dict[str, plt.Figure]:
+    """Every figure of an evaluation by file name, each titled `figure_title`: snapshots.png
+    (if the prediction has states), order_parameters.png (the first non-diverged trajectories
+    and the ensemble bands), autocorrelation.png (with S(k, t) near pi if computed) and, if
+    computed, the climate's figures (`climate_plots.climate_figures`)."""
+    run = result["run"]
+    time_step = run["time_step"]
+    out = {}
     snapshots = collected.snapshots
     if snapshots["prediction"]:
-        plots.save_figure(plots.snapshot_figure(snapshots["truth"], snapshots["prediction"],
-                                                snapshot_steps, time_step),
-                          out_dir / "snapshots.png")
+        out["snapshots.png"] = plots.snapshot_figure(snapshots["truth"], snapshots["prediction"],
+                                                     run["snapshot_steps"], time_step)
     traces = {f"{prefix}_{name}": getattr(collected, source)[name]
               for prefix, source in (("true", "truth"), ("pred", "prediction"))
               for name in metrics.ORDER_PARAMETERS}
     rows = [int(r) for r in np.flatnonzero(collected.first_diverged == 0)[:TRACE_ROWS]]
     bands = {name: result["bands"][name] for name in metrics.ORDER_PARAMETERS}
-    plots.save_figure(plots.order_parameter_traces_figure(
+    out["order_parameters.png"] = plots.order_parameter_traces_figure(
         traces, rows, [f"trajectory {collected.index[r]}" for r in rows], time_step, bands,
-        result["bands"]["percentiles"]), out_dir / "order_parameters.png")
+        result["bands"]["percentiles"])
     modes = result.get(near_pi.SECTION, {})
     curves = {**result["autocorrelation"],
               **{name: modes[name]["autocorrelation"] for name in near_pi.MODES if name in modes}}
-    plots.save_figure(plots.autocorrelation_figure(curves, time_step),
-                      out_dir / "autocorrelation.png")
+    out["autocorrelation.png"] = plots.autocorrelation_figure(curves, time_step)
     if "distribution" in result:
-        climate_plots.write_climate_figures(out_dir, result, result.get("lyapunov"))
+        out.update(climate_plots.climate_figures(result, result.get("lyapunov")))
+    title = figure_title(run)
+    return {name: plots.titled(fig, title) for name, fig in out.items()}
+
+
+def figure_title(run: Mapping[str, Any], source: str | None = None) -> str:
+    """What an evaluation's figures are titled, from its metrics.json `run`: `<model> on
+    <dataset> (<split>, <N> trajectories)`; the model by `model_name` (a predictions file by
+    its stem) unless `source` names it, the dataset by its folder's name."""
+    if source is None:
+        source = Path(run["predictions"]).stem if "predictions" in run else \
+            model_name(os.path.abspath(run["model"]))
+    return (f"{source} on {Path(os.path.abspath(run['data'])).name} ({run['split']}, "
+            f"{run['n_trajectories']} trajectories)")
+
+
+def model_name(path: str | Path) -> str:
+    """A model's short name: the last component of its path that is not a generic artefact
+    name (runs/deep_seed2/export/saved_model -> deep_seed2), a .keras file's stem; a
+    baseline's spec as it is."""
+    parts = [part for part in Path(path).parts if part not in GENERIC] or [str(path)]
+    return Path(parts[-1]).stem if parts[-1].endswith(".keras") else parts[-1]
+
+
+def recorded_path(path: str | Path) -> str:
+    """A model, predictions or dataset path as metrics.json records it, never machine-local:
+    relative to the current directory if it lies under it, else from its last component
+    that is not a generic artefact name on (the dataset's folder name, `deep_L32`,
+    `deep_seed2/export/saved_model`, `best.keras`); a baseline's spec as it is."""
+    cwd = Path.cwd()
+    for candidate in (Path(os.path.abspath(path)), Path(os.path.realpath(path))):
+        if candidate.is_relative_to(cwd):
+            return candidate.relative_to(cwd).as_posix()
+    parts = Path(os.path.abspath(path)).parts
+    named = max((k for k, part in enumerate(parts) if part not in GENERIC), default=0)
+    return Path(*parts[named:]).as_posix()
 
 
 def headline(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "test",
         divergence_factor=divergence_factor, lyapunov_trajectories=lyapunov_trajectories,
         progress=progress)
     result["run"].update({
-        "model": str(loaded.path), "model_format": loaded.format,
+        "model": report.recorded_path(loaded.path), "model_format": loaded.format,
         "model_metadata": loaded.metadata, "rollout_seconds": collected.seconds,
         "sample_steps_per_second": n_traj * steps / max(collected.seconds, 1e-9)})
     if noise_levels:
@@ -161,7 +161,7 @@ def evaluate_predictions(predictions: str | Path, data: str | Path, *, split: st
         snapshot_steps=snapshot_steps, snapshot_trajectory=snapshot_trajectory,
         divergence_factor=divergence_factor, lyapunov_trajectories=lyapunov_trajectories,
         progress=progress)
-    result["run"].update({"predictions": str(path),
+    result["run"].update({"predictions": report.recorded_path(path),
                           "predictions_hold_states": "Q" in arrays})
     result["cost"] = None  # the rollouts were made elsewhere
     if lyapunov_trajectories:
@@ -216,7 +216,7 @@ def _score(rollout_fn: rollout.RolloutFn, batches: Iterator[dict[str, np.ndarray
     result = metrics.compute_metrics(collected, meta["L"], max_lag)
     result.update(climate_of(collected, meta["time_step"], meta["L"], max_lag))
     result["run"] = {
-        "data": str(data), "split": split, "L": meta["L"], "g_f": g,
+        "data": report.recorded_path(data), "split": split, "L": meta["L"], "g_f": g,
         "time_step": meta["time_step"], "steps": steps, "n_trajectories": n_traj,
         "divergence_factor": divergence_factor, "divergence_limits": limits,
         "snapshot_steps": snapshot_steps, "snapshot_trajectory": snapshot_trajectory}
