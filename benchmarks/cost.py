@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
-from tf_holstein import cli, cost, loading, physics, records
+from tf_holstein import cli, cost, files, loading, physics
 from tf_holstein.configs import get_config
 from tf_holstein.plots import plt, save_figure
 
@@ -118,9 +118,9 @@ def main(argv: Sequence[str]) -> None:
         out = Path(FLAGS.out)
         out.mkdir(parents=True, exist_ok=True)
         machine = details[0]
-        records.write_json(out / "cost_vs_L.json", {"config": FLAGS.config,
+        files.write_json(out / "cost_vs_L.json", {"config": FLAGS.config,
                                                      "measurements": details})
-        records.atomic_write_bytes(out / "cost_vs_L.md", ("\n".join(lines) + "\n").encode())
+        files.atomic_write_bytes(out / "cost_vs_L.md", ("\n".join(lines) + "\n").encode())
         title = (f"{FLAGS.config} protocol; {machine['cpu']}, {machine['intra_op_threads']} "
                  f"threads; batch {batch_for(sizes[0])} at L = {sizes[0]}")
         save_figure(figure(table, title), out / "cost_vs_L.png")

@@ -373,7 +373,7 @@ def _temporary_prefix(path: Path) -> str:
 def _create_temporary(path: Path) -> Path:
     """A new, empty hidden temporary beside `path` with the permissions of a plain open (0666
     less the umask; tempfile's are 0600), so that others can read the output it becomes.
-    tf_holstein.records.create_temporary's twin: this script imports nothing of tf_holstein."""
+    tf_holstein.files.create_temporary's twin: this script imports nothing of tf_holstein."""
     while True:
         candidate = path.parent / f"{_temporary_prefix(path)}{os.urandom(4).hex()}.tmp"
         try:

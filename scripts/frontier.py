@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import baselines, comparison, metrics, near_pi, records, scoring
+from tf_holstein import baselines, comparison, files, metrics, near_pi, records, scoring
 from tf_holstein.plots import plt, save_figure
 
 
@@ -238,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {"data": args.data, "L": meta["L"], "n_trajectories": run["n_trajectories"],
               "steps": run["steps"], "machine": machine, "points": points, "pareto": front,
               "bound": bound, "cheapest_within_bound": cheapest(points, bound)}
-    records.write_json(out / "frontier.json", result)
-    records.atomic_write_bytes(out / "frontier.md", table(points, front, bound).encode())
+    files.write_json(out / "frontier.json", result)
+    files.atomic_write_bytes(out / "frontier.md", table(points, front, bound).encode())
     title = (f"{Path(args.data).name}: L = {meta['L']}, {run['n_trajectories']} trajectories "
              f"of {run['steps']} steps; {machine['cpu']}, {machine['intra_op_threads']} "
              f"threads, batch {machine['batch']}")

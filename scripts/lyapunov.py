@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_holstein import climate, datagen, physics, records, simulate
+from tf_holstein import climate, datagen, files, physics, records, simulate
 from tf_holstein.configs import get_config
 
 
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         summary = {**out, "ensembles": {seed: {k: v for k, v in r.items()
                                                if k not in ("time", "log_separation")}
                                         for seed, r in results.items()}}
-        records.write_json(args.out, json.loads(json.dumps(summary, default=_plain)))
+        files.write_json(args.out, json.loads(json.dumps(summary, default=_plain)))
     return out
 
 

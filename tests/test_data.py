@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import data, datagen, physics, records
+from tf_holstein import data, datagen, files, physics, records
 from tf_holstein.configs import get_config
 
 L = 8
@@ -40,7 +40,7 @@ def write_dataset(directory, shard_sizes=TRAJECTORIES_PER_SHARD, seed=0):
             index += 1
         records.write_shard(directory / records.shard_name("train", shard, len(shard_sizes)),
                             examples)
-    records.write_json(directory / records.META_FILE, {
+    files.write_json(directory / records.META_FILE, {
         "schema_version": records.SCHEMA_VERSION, "L": L, "T": T,
         "config": {"L": L, "saved_steps": T, "g_f": G_F},
         "splits": {"train": {"num_trajectories": index, "num_shards": len(shard_sizes)}}})
@@ -208,7 +208,7 @@ def test_corrupt_shard_raises_an_error_naming_the_file(tmp_path, damage):
 def test_wrong_shape_names_the_file(tmp_path):
     directory = write_dataset(tmp_path)
     meta = records.read_meta(directory)
-    records.write_json(directory / records.META_FILE, {**meta, "L": L + 2})
+    files.write_json(directory / records.META_FILE, {**meta, "L": L + 2})
     dataset = data.make_dataset(directory, "train", n_step=1, batch_size=4, shuffle=False)
     with pytest.raises(tf.errors.InvalidArgumentError, match="train-00000-of-00003"):
         next(iter(dataset))

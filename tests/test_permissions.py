@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from test_batch_inference import bi
-from tf_holstein import datagen, export, netcdf, records
+from tf_holstein import datagen, export, files, netcdf, records
 from tf_holstein.configs import get_config
 
 
@@ -51,11 +51,11 @@ def test_a_netcdf_file_respects_the_umask(umask, smoke_dataset, tmp_path):
 
 def test_a_temporary_is_created_hidden_beside_its_target_with_the_umasks_mode(umask, tmp_path):
     target = tmp_path / "meta.json"
-    file, folder = records.create_temporary(target), records.create_temporary(
+    file, folder = files.create_temporary(target), files.create_temporary(
         target, directory=True)
     assert file.parent == folder.parent == tmp_path and file != folder
-    assert file.name.startswith(records.temporary_prefix("meta.json"))
+    assert file.name.startswith(files.temporary_prefix("meta.json"))
     assert (mode(file), mode(folder)) == (0o666 & ~umask, 0o777 & ~umask)
     # Named as a later run recognises a killed one's temporaries (remove_stale_temporaries).
-    assert records._TEMPORARY.match(file.name)["pid"] == str(os.getpid())
-    assert records._TEMPORARY.match(folder.name)["pid"] == str(os.getpid())
+    assert files._TEMPORARY.match(file.name)["pid"] == str(os.getpid())
+    assert files._TEMPORARY.match(folder.name)["pid"] == str(os.getpid())

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_holstein import records
+from tf_holstein import files, records
 
 
 def random_trajectory(rng, T=5, L=6):
@@ -145,7 +145,7 @@ def test_record_counts_come_from_the_headers_and_a_cut_record_is_named(tmp_path)
 def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    mine = records.temporary_prefix("train-00000-of-00001.tfrecord")
+    mine = files.temporary_prefix("train-00000-of-00001.tfrecord")
     host = mine.split("@")[1]
     stale = tmp_path / mine.replace(f".{os.getpid()}@", f".{dead}@")
     names = {"stale_file": f"{stale}abc.tmp", "stale_dir": f"{stale}def.tmp",
@@ -153,7 +153,7 @@ def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path):
                  f"@{host}", "@elsewhere") + "jkl.tmp"}
     for key, name in names.items():
         Path(name).mkdir() if key == "stale_dir" else Path(name).write_bytes(b"partial")
-    removed = records.remove_stale_temporaries(tmp_path)
+    removed = files.remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == sorted(
         Path(names[key]).name for key in ("stale_file", "stale_dir"))
     assert Path(names["live"]).exists() and Path(names["other_host"]).exists()
@@ -161,7 +161,7 @@ def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path):
 
 def test_a_lock_is_exclusive_and_names_its_holder(tmp_path):
     path = tmp_path / ".shard.lock"
-    first, second = records.FileLock(path), records.FileLock(path)
+    first, second = files.FileLock(path), files.FileLock(path)
     assert first.acquire() and not second.acquire()
     host = socket.gethostname().replace(".", "-")
     assert second.holder() == f"process {os.getpid()} on host {host}"
@@ -177,10 +177,10 @@ def test_a_full_disk_while_writing_weights_is_one_line_naming_the_file(tmp_path)
     disk: the kernel fails the write the same way.)"""
     path = tmp_path / "best.weights.h5"
     script = ("import sys, keras\n"
-              "from tf_holstein import records\n"
+              "from tf_holstein import files\n"
               "model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512)])\n"
               "try:\n"
-              "    records.write_atomically(sys.argv[1], model.save_weights, '.tmp.weights.h5')\n"
+              "    files.write_atomically(sys.argv[1], model.save_weights, '.tmp.weights.h5')\n"
               "except IOError as e:\n"
               "    print(e)\n")
 
@@ -200,7 +200,7 @@ def test_create_json_writes_only_the_first(tmp_path):
     """Of two processes starting a dataset directory, the second finds the first's protocol
     and compares with it instead of replacing it."""
     path = tmp_path / "protocol.json"
-    assert records.create_json(path, {"seed": 0})
-    assert not records.create_json(path, {"seed": 5})
+    assert files.create_json(path, {"seed": 0})
+    assert not files.create_json(path, {"seed": 5})
     assert json.loads(path.read_text()) == {"seed": 0}
     assert [p.name for p in tmp_path.iterdir()] == ["protocol.json"]

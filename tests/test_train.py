@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from float32 import kernel_tolerance
-from tf_holstein import (cli, datagen, experiment, export, metrics, physics, records, runs,
+from tf_holstein import (cli, datagen, experiment, export, files, metrics, physics, records, runs,
                          scoring)
 from tf_holstein.configs import get_config
 from tf_holstein.trainer import Trainer, stage_epochs
@@ -483,7 +483,7 @@ def test_resume_needs_a_run_and_cleans_up_after_a_killed_one(tmp_path):
     runs.prepare_workdir(SMOKE, tmp_path, resume=False)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    mine = records.temporary_prefix("best.weights")
+    mine = files.temporary_prefix("best.weights")
     left = tmp_path / f"{mine.replace(f'.{os.getpid()}@', f'.{dead}@')}tmp.weights.h5"
     left.write_bytes(b"half a weights file")
     live = tmp_path / f"{mine}tmp.weights.h5"  # this process is still writing it

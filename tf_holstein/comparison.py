@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tf_holstein import metrics, records, report
+from tf_holstein import files, metrics, report
 from tf_holstein.climate_plots import SYMBOLS
 from tf_holstein.plots import plt, save_figure, titled
 
@@ -74,8 +74,8 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> di
                   "metrics": table}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records.write_json(out_dir / "comparison.json", report.to_json(comparison))
-    records.atomic_write_bytes(out_dir / "comparison.md", markdown(comparison).encode())
+    files.write_json(out_dir / "comparison.json", report.to_json(comparison))
+    files.atomic_write_bytes(out_dir / "comparison.md", markdown(comparison).encode())
     write_overlay_figures(out_dir, results)
     return comparison
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from tf_holstein import cli, physics, records
+from tf_holstein import cli, files, physics, records
 from tf_holstein.cli import FLAGS
 from tf_holstein.configs import DataConfig
 
@@ -115,7 +115,7 @@ def write_shard_job(config: DataConfig, job: ShardJob, dataset_dir: Path,
                          f"for this protocol (g_f={config.g_f:g}); choose a smaller --dt. "
                          f"Nothing of this shard was written")
     phases = split_phases(config, job.split)
-    records.write_json(dataset_dir / _stats_name(job.filename),
+    files.write_json(dataset_dir / _stats_name(job.filename),
                        records.trajectory_scales(arrays, config.g_f))
     records.write_shard(dataset_dir / job.filename, (
         records.encode_trajectory({k: v[n] for k, v in arrays.items()}, i, phases[i])
@@ -138,7 +138,7 @@ def prepare_dataset_dir(config: DataConfig, data_dir: str | os.PathLike) -> Path
         dataset_dir.mkdir(parents=True, exist_ok=True)
     # Created only if absent: of two processes starting the directory at once with different
     # protocols, the second is refused rather than mixing its shards in.
-    if not records.create_json(path, protocol):
+    if not files.create_json(path, protocol):
         existing = json.loads(path.read_text())
         if existing != protocol:
             old = existing.get("config", {})
@@ -202,7 +202,7 @@ def claim_and_write(config: DataConfig, job: ShardJob, dataset_dir: Path, *, wai
     "busy"; with `wait` it waits for that process and then writes the shard only if the
     other left it unwritten (killed, say).
     """
-    lock = records.FileLock(dataset_dir / _lock_name(job.filename))
+    lock = files.FileLock(dataset_dir / _lock_name(job.filename))
     if not lock.acquire():
         if not wait:
             return "busy"
@@ -246,7 +246,7 @@ def merge(config: DataConfig, dataset_dir: str | os.PathLike) -> dict[str, Any]:
                    for split, n in config.split_sizes().items()},
         "scales": scales,
     }
-    records.write_json(dataset_dir / records.META_FILE, meta)
+    files.write_json(dataset_dir / records.META_FILE, meta)
     return meta
 
 
@@ -325,7 +325,7 @@ def generate(config: DataConfig, data_dir: str | os.PathLike, *, num_tasks: int 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     dataset_dir = prepare_dataset_dir(config, data_dir)
-    records.remove_stale_temporaries(dataset_dir)
+    files.remove_stale_temporaries(dataset_dir)
     jobs = [job for k, job in enumerate(plan_shards(config))
             if k % num_tasks == task_index and _to_write(dataset_dir, job, verify)]
     bar = _Progress(jobs, config, progress)

@@ -24,8 +24,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import (baselines, cli, comparison, cost, metrics, records, report, rollout,
-                         scoring)
+from tf_holstein import baselines, cli, comparison, cost, files, metrics, report, rollout, scoring
 from tf_holstein.cli import FLAGS
 
 # Flags that set how a model rolls out: they mean nothing for stored predictions.
@@ -145,7 +144,7 @@ def main(argv: Sequence[str]) -> None:
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"evaluate: error: {e}")
     except tf.errors.OpError as e:
-        sys.exit(f"evaluate: error: {records.error_text(e)}")
+        sys.exit(f"evaluate: error: {files.error_text(e)}")
     print(json.dumps({"out": str(out), **report.to_json(printed)}, indent=2))
 
 

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_holstein import __version__, datagen, export, records, report, runs, scoring
+from tf_holstein import datagen, export, files, report, runs, scoring, __version__
 from tf_holstein.configs import Config
 from tf_holstein.trainer import Trainer
 
@@ -81,5 +81,5 @@ def finish(trainer: Trainer, dataset_dir: Path, final: Mapping[str, Any],
         "best": json.loads((workdir / "best.json").read_text())
         if (workdir / "best.json").exists() else None,
     }
-    records.write_json(workdir / "summary.json", summary)
+    files.write_json(workdir / "summary.json", summary)
     return summary

@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import cli, models, physics, records, runs
+from tf_holstein import cli, files, models, physics, runs
 from tf_holstein.cli import FLAGS
 
 SIGNATURES = ("step", "rollout", "rollout_order_parameters")
@@ -127,8 +127,8 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
                          input_signature=[*_STATE_SPEC, _STEPS_SPEC])
 
     saved_model = directory / "saved_model"
-    records.remove_stale_temporaries(directory)  # what an interrupted export left
-    staging = records.create_temporary(saved_model, directory=True)
+    files.remove_stale_temporaries(directory)  # what an interrupted export left
+    staging = files.create_temporary(saved_model, directory=True)
     try:
         archive.write_out(str(staging), verbose=False)
         (staging / "assets").mkdir(exist_ok=True)
@@ -142,7 +142,7 @@ def export_model(model: models.HolsteinModel, directory: str | os.PathLike,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    records.write_atomically(directory / "model.keras", model.save, ".tmp.keras")
+    files.write_atomically(directory / "model.keras", model.save, ".tmp.keras")
     return saved_model
 
 
@@ -198,7 +198,7 @@ def add_input_checks(saved_model_dir: str | os.PathLike, target: str | os.PathLi
 
     signatures = {"step": step, **{name: rollout_signature(name) for name in SIGNATURES[1:]}}
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = records.create_temporary(target, directory=True)
+    staging = files.create_temporary(target, directory=True)
     try:
         tf.saved_model.save(loaded, str(staging), signatures=signatures)
         shutil.copytree(source / "assets", staging / "assets", dirs_exist_ok=True)

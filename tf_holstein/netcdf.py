@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from tf_holstein import physics, records
+from tf_holstein import files, physics, records
 
 DIMENSIONS = {"rho": ("site", "site_j"), "Q": ("site",), "P": ("site",)}
 LONG_NAMES = {"rho": "single-particle density matrix rho_ij = <c_j^dagger c_i>",
@@ -215,7 +215,7 @@ def write(dataset: Any, path: str | os.PathLike) -> None:
 
     The file is built in memory first (xarray >= 2025.8 returns it as a memoryview).
     """
-    records.atomic_write_bytes(path, dataset.to_netcdf(engine="h5netcdf"))
+    files.atomic_write_bytes(path, dataset.to_netcdf(engine="h5netcdf"))
 
 
 def export(data: str | os.PathLike, out: str | os.PathLike, *, split: str = "test",

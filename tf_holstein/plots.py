@@ -15,7 +15,7 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_holstein import records  # noqa: E402
+from tf_holstein import files  # noqa: E402
 
 # Axis and title labels of the series A(tau) is drawn for, in the panels' order.
 SYMBOLS = {"Delta_rho": r"$\Delta_\rho$", "Delta_Q": r"$\Delta_Q$",
@@ -62,7 +62,7 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Non
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    records.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def titled(fig: plt.Figure, title: str) -> plt.Figure:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tf_holstein import climate_plots, metrics, near_pi, plots, records
+from tf_holstein import climate_plots, files, metrics, near_pi, plots
 from tf_holstein.plots import plt
 
 TRACE_ROWS = 4  # trajectories drawn in order_parameters.png (Fig. 7 shows four)
@@ -44,7 +44,7 @@ def write_results(out_dir: str | Path, collected: metrics.Collected,
     """metrics.json, order_parameters.npz and the `figures`, into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records.write_json(out_dir / "metrics.json", to_json(result))
+    files.write_json(out_dir / "metrics.json", to_json(result))
     _write_traces(out_dir / "order_parameters.npz", collected)
     for name, fig in figures(collected, result).items():
         plots.save_figure(fig, out_dir / name)
@@ -56,7 +56,7 @@ def _write_traces(path: Path, collected: metrics.Collected) -> None:
     np.savez(buffer, index=collected.index, first_diverged_step=collected.first_diverged,
              **{f"{source}_{name}": getattr(collected, source)[name]
                 for source in ("truth", "prediction") for name in metrics.ORDER_PARAMETERS})
-    records.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def figures(collected: metrics.Collected, result: Mapping[str, Any]) -> dict[str, plt.Figure]:

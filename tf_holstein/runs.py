@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 import keras
 import tensorflow as tf
 
-from tf_holstein import models, records
+from tf_holstein import files, models, records
 from tf_holstein.configs import Config, DataConfig, ModelConfig, Stage, TrainConfig
 from tf_holstein.schedules import StagedWarmupCosine
 
@@ -48,8 +48,8 @@ def prepare_workdir(config: Config, workdir: Path, resume: bool) -> None:
                              f"same settings (see {path})")
     else:
         workdir.mkdir(parents=True, exist_ok=True)
-        records.write_json(path, current)
-    records.remove_stale_temporaries(workdir)  # best weights a killed run was writing
+        files.write_json(path, current)
+    files.remove_stale_temporaries(workdir)  # best weights a killed run was writing
 
 
 def _as_json(config: Any) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def hold_workdir(workdir: Path) -> Iterator[None]:
     the same workdir is refused, naming the lock and its holder, instead of both writing
     checkpoints and exports over each other."""
     workdir.mkdir(parents=True, exist_ok=True)
-    lock = records.FileLock(workdir / LOCK_FILE)
+    lock = files.FileLock(workdir / LOCK_FILE)
     if not lock.acquire():
         raise RuntimeError(f"{workdir} is in use by another training ({lock.holder()} holds "
                            f"{lock.path}): wait for it to finish, or choose another --workdir")

@@ -21,7 +21,7 @@ from typing import Sequence
 import tensorflow as tf
 from absl import app, flags
 
-from tf_holstein import cli, experiment, records
+from tf_holstein import cli, experiment, files
 from tf_holstein.cli import FLAGS
 
 flags.DEFINE_string("workdir", None, "run directory (default runs/<config>)")
@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> None:
     except (ValueError, RuntimeError, IOError) as e:
         sys.exit(f"train: error: {e}")
     except tf.errors.OpError as e:  # e.g. a shard damaged inside a record, found mid-epoch
-        sys.exit(f"train: error: {records.error_text(e)}")
+        sys.exit(f"train: error: {files.error_text(e)}")
     if summary:
         print(json.dumps({"workdir": workdir, "timings": summary["timings"],
                           "best": summary["best"]}, indent=2))

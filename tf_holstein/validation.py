@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from tf_holstein import data, losses, metrics, records, rollout, runs
+from tf_holstein import data, files, losses, metrics, records, rollout, runs
 from tf_holstein.distributed import TrainSteps
 
 # Model selection metric per `select_by`; lower is better. The rollout scores are
@@ -91,9 +91,9 @@ class Validation:
         if key in scores and scores[key] < float(self.best.numpy()):
             self.best.assign(scores[key])
             if self.is_chief:
-                records.write_atomically(self.workdir / runs.BEST_WEIGHTS,
+                files.write_atomically(self.workdir / runs.BEST_WEIGHTS,
                                          self.model.save_weights, ".tmp.weights.h5")
-                records.write_json(self.workdir / "best.json",
+                files.write_json(self.workdir / "best.json",
                                    {"step": step, "epoch": epochs_trained,
                                     key: scores[key], **scores})
         scores["best"] = float(self.best.numpy())
