@@ -1,5 +1,6 @@
 """The shipped models: both forms load, agree, stay on their quench's orbit, and check the
 inputs of their serving signatures."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from float32 import EPS32, KERNEL_ULPS, eigh_tolerance
-from tf_holstein import export, loading, physics, records, simulate
+from tf_holstein import export, loading, near_pi, physics, records, simulate
 from tf_holstein.configs import get_config
 
 SHIPPED = Path(__file__).resolve().parent.parent / "saved_models"
@@ -192,3 +193,28 @@ def test_every_shipped_model_checks_its_serving_inputs(name):
                 signatures[signature](**good, n_steps=tf.constant(n_steps))
     with pytest.raises((TypeError, tf.errors.InvalidArgumentError), match="float"):
         signatures["step"](**{**good, "Q": tf.constant(good["Q"], tf.float64)})
+
+
+def _strings(obj) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for value in obj.values() for s in _strings(value)]
+    if isinstance(obj, list):
+        return [s for value in obj for s in _strings(value)]
+    return []
+
+
+@pytest.mark.parametrize("name", EVERY_SHIPPED)
+def test_every_shipped_evaluation_is_complete_and_names_no_machine_path(name):
+    """Each shipped model's metrics.json is the current evaluator's (every climate section,
+    each figure beside it), and it names its model and data relative to the repository,
+    with no absolute path of the machine it was made on anywhere."""
+    result = json.loads((SHIPPED / name / "metrics.json").read_text())
+    assert {"distribution", "spectrum", "valid_time", near_pi.SECTION} <= set(result)
+    assert result["run"]["model"] == f"saved_models/{name}"
+    assert result["run"]["data"].startswith("data/")
+    assert not [s for s in _strings(result) if s.startswith("/")]
+    figures = {"snapshots.png", "order_parameters.png", "autocorrelation.png",
+               "distributions.png", "spectra.png", "valid_time.png"}
+    assert figures <= {path.name for path in (SHIPPED / name).glob("*.png")}
