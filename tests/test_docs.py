@@ -35,7 +35,7 @@ def test_readme_is_short_and_opens_with_the_two_commands():
     assert len(text.splitlines()) <= 180
     first_block = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
     assert first_block == ["pip install -e . && python -m tf_holstein.train --config shallow",
-                           'pip install -e ".[test,docs]" && python -m pytest -q']
+                           'pip install -e ".[test,docs]" && python -m pytest -q -n 2']
 
 
 def test_readme_example_follows_the_exact_dynamics(tmp_path, monkeypatch):
