@@ -208,6 +208,8 @@ def test_the_export_command_exports_the_best_weights_as_training_does(smoke_run,
     result = run_export("--workdir", workdir, "--data_dir", data_dir, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["saved_model"] == str(out / "saved_model")
+    for noise in ("will be renamed", "Assets written", "fingerprint", "Sharding callback"):
+        assert noise not in result.stderr, "TensorFlow's INFO lines are shown"
     L = SMOKE.data.L
     rng = np.random.default_rng(1)
     inputs = {"rho_real": np.eye(L, dtype=np.float32)[None].repeat(2, 0) * 0.5

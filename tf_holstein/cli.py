@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
+import logging
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -145,7 +147,26 @@ def parse_flags(module: ModuleType, argv: Sequence[str]) -> list[str]:
         sys.exit(f"{command}: error: {e}")
 
 
+def _library_dirs() -> tuple[str, ...]:
+    """The source folders of TensorFlow and Keras (not imported here: found on the path)."""
+    specs = (importlib.util.find_spec(name) for name in ("tensorflow", "keras"))
+    return tuple(location for spec in specs if spec for location in
+                 spec.submodule_search_locations or ())
+
+
+def _no_library_info(record: logging.LogRecord) -> bool:
+    """False for an INFO line logged from TensorFlow's or Keras's own code (SavedModel
+    signatures renaming inputs Q, P to q, p, assets and fingerprints written, the strategy's
+    devices): they tell a user nothing. Warnings stay, and so do the commands' own lines."""
+    return record.levelno >= logging.WARNING or not record.pathname.startswith(_LIBRARY_DIRS)
+
+
+_LIBRARY_DIRS = _library_dirs()
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """Runs a command's `main` under absl with this module's --help and flag messages: the
     entry of `python -m tf_holstein.X` and of the console script `holstein-X`."""
+    for name in ("absl", "tensorflow"):  # the loggers TensorFlow's Python code logs through
+        logging.getLogger(name).addFilter(_no_library_info)
     app.run(main, flags_parser=functools.partial(parse_flags, sys.modules[main.__module__]))
