@@ -30,18 +30,15 @@ class Validation:
         self.model, self.config, self.dataset_dir = steps.model, steps.config, dataset_dir
         self.split = records.load_split(dataset_dir, "val") if meta["splits"]["val"][
             "num_trajectories"] else None
+        self._batches: dict[tuple[int, int], list[Any]] = {}
 
     def losses(self, n_step: int, batches: int) -> dict[str, float]:
         """Multi-step validation loss over `batches` fixed batches of validation windows."""
         if self.split is None:
             return {}
         eval_step = self.steps.eval_step(n_step)
-        dataset = data.make_dataset(self.dataset_dir, "val", n_step=n_step,
-                                    batch_size=self.config.batch_size,
-                                    derivatives=self.model.has_derivatives, shuffle=True,
-                                    seed=self.config.train_seed, repeat=True)
         totals: dict[str, np.ndarray] = {}
-        for inputs, targets in dataset.take(batches):
+        for inputs, targets in self._fixed_batches(n_step, batches):
             for name, (total, count) in eval_step(inputs, targets).items():
                 totals[name] = totals.get(name, 0.0) + np.array([float(total), float(count)])
         names = sorted(totals)
@@ -50,6 +47,19 @@ class Validation:
         out["val_loss/total"] = float(sum(w * rms[n] for n, w in zip(
             names, self.steps.loss_weights(names))))
         return out
+
+    def _fixed_batches(self, n_step: int, batches: int) -> list[Any]:
+        """The first `batches` batches of the seeded, shuffled validation windows, read once
+        per (n_step, batches) and kept: every validation scores the same windows, and building
+        the pipeline anew each time cost seconds of tracing per call."""
+        key = (n_step, batches)
+        if key not in self._batches:
+            dataset = data.make_dataset(self.dataset_dir, "val", n_step=n_step,
+                                        batch_size=self.config.batch_size,
+                                        derivatives=self.model.has_derivatives, shuffle=True,
+                                        seed=self.config.train_seed, repeat=True)
+            self._batches[key] = list(dataset.take(batches))
+        return self._batches[key]
 
     def rollout_metrics(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """The validation split rolled out from each trajectory's first state and scored
