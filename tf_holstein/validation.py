@@ -30,7 +30,7 @@ class Validation:
         self.model, self.config, self.dataset_dir = steps.model, steps.config, dataset_dir
         self.split = records.load_split(dataset_dir, "val") if meta["splits"]["val"][
             "num_trajectories"] else None
-        self._batches: dict[tuple[int, int], list[Any]] = {}
+        self._batches: tuple[tuple[int, int], list[Any]] | None = None
 
     def losses(self, n_step: int, batches: int) -> dict[str, float]:
         """Multi-step validation loss over `batches` fixed batches of validation windows."""
@@ -50,16 +50,16 @@ class Validation:
 
     def _fixed_batches(self, n_step: int, batches: int) -> list[Any]:
         """The first `batches` batches of the seeded, shuffled validation windows, read once
-        per (n_step, batches) and kept: every validation scores the same windows, and building
-        the pipeline anew each time cost seconds of tracing per call."""
+        per (n_step, batches) and kept until the curriculum moves on: every validation scores
+        the same windows, and building the pipeline anew cost seconds of tracing per call."""
         key = (n_step, batches)
-        if key not in self._batches:
+        if self._batches is None or self._batches[0] != key:
             dataset = data.make_dataset(self.dataset_dir, "val", n_step=n_step,
                                         batch_size=self.config.batch_size,
                                         derivatives=self.model.has_derivatives, shuffle=True,
                                         seed=self.config.train_seed, repeat=True)
-            self._batches[key] = list(dataset.take(batches))
-        return self._batches[key]
+            self._batches = key, list(dataset.take(batches))
+        return self._batches[1]
 
     def rollout_metrics(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """The validation split rolled out from each trajectory's first state and scored
