@@ -16,6 +16,16 @@ tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
+def pytest_collection_modifyitems(items):
+    """Tests sharing an expensive module fixture (a training run) run on one xdist worker
+    (`--dist loadgroup` in setup.cfg), so that fixture is built once per suite, not once
+    per worker."""
+    for item in items:
+        if "smoke_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke_run"))
+
+
 @pytest.fixture(scope="session")
 def smoke_dataset(tmp_path_factory):
     """The `smoke` config's dataset (L = 8), generated once and only read by tests."""

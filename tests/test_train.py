@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from float32 import kernel_tolerance
-from tf_holstein import (cli, datagen, experiment, export, files, metrics, physics, records, runs,
+from tf_holstein import (cli, experiment, export, files, metrics, physics, records, runs,
                          scoring)
 from tf_holstein.configs import get_config
 from tf_holstein.trainer import Trainer, stage_epochs
@@ -31,10 +31,9 @@ EXPECTED_TAGS = {"loss/total", "loss/rho_diag", "loss/rho_offdiag", "loss/Q", "l
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data")
-    datagen.generate(SMOKE.data, directory, progress=False)
-    return directory
+def data_dir(smoke_dataset):
+    """The folder holding the smoke dataset (the session's, only read here)."""
+    return smoke_dataset.parent
 
 
 @pytest.fixture(scope="module")
