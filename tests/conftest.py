@@ -20,10 +20,14 @@ tf.config.set_logical_device_configuration(
 def pytest_collection_modifyitems(items):
     """Tests sharing an expensive module fixture (a training run) run on one xdist worker
     (`--dist loadgroup` in setup.cfg), so that fixture is built once per suite, not once
-    per worker."""
+    per worker; the slow tests are scheduled first."""
     for item in items:
         if "smoke_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("smoke_run"))
+    # The longest tests (and the shared run) start first, so that neither worker is left
+    # with a long test while the other has finished: xdist hands out work in this order.
+    items.sort(key=lambda item: not (item.get_closest_marker("slow")
+                                     or item.get_closest_marker("xdist_group")))
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ def two_models(tmp_path_factory, smoke_meta, perturbed_cnn):
     return root / "identity", root / "perturbed" / "export" / "saved_model"
 
 
+@pytest.mark.slow
 def test_two_models_are_evaluated_and_compared_by_one_command(two_models, smoke_dataset,
                                                               tmp_path):
     run = subprocess.run(

@@ -103,6 +103,7 @@ def test_tasks_and_interrupted_runs_complete_to_the_same_shards(smoke_dataset, t
         (smoke_dataset / records.META_FILE).read_bytes()
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_shards(smoke_dataset, tmp_path):
     parallel = datagen.generate(SMOKE, tmp_path, workers=2, progress=False)
     assert shard_bytes(parallel) == shard_bytes(smoke_dataset)
@@ -114,6 +115,7 @@ def run_datagen(*args):
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     args = ["--config", "smoke", "--saved_steps", "300", "--n_train", "8", "--n_val", "0",
             "--n_test", "0", "--shard_size", "1"]
@@ -177,6 +179,7 @@ def test_verify_regenerates_a_shard_whose_records_fail_their_crc(smoke_dataset, 
     assert not list(dataset.glob(".*.lock")) and not list(dataset.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_dataset_write_each_shard_once(smoke_dataset, tmp_path):
     """Two datagen commands on the same dataset at once (a rerun beside a run, two tasks of
     one index) share the shards through their locks: each is written once, and both end with

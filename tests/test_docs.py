@@ -266,6 +266,7 @@ def test_the_pareto_front_keeps_exactly_the_unbeaten_points(monkeypatch):
     assert frontier.pareto(points) == ["cheap_bad", "mid", "dear_good", "tie"]
 
 
+@pytest.mark.slow
 def test_frontier_evaluates_prices_and_resumes(monkeypatch, smoke_dataset, tmp_path):
     """Two baselines and a group of two: each evaluated with its cost, the group as its
     median and range, the table cheapest first; a second run reads the stored results."""
@@ -309,6 +310,7 @@ def test_a_shipped_keras_model_loads_after_importing_the_package():
     assert run.stdout.strip().endswith("HolsteinCNN")
 
 
+@pytest.mark.slow
 def test_the_score_your_own_model_page_runs_and_scores(smoke_dataset, tmp_path, monkeypatch):
     """The page's NumPy rollout, from the netCDF of a test split, is accepted by the
     evaluator (every rollout starts at its stored state) and, being RK4 at a small step,

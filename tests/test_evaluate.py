@@ -436,6 +436,7 @@ def test_metrics_json_records_no_machine_local_path(identity_run, smoke_dataset,
     assert report.recorded_path(baselines.EXACT) == baselines.EXACT
 
 
+@pytest.mark.slow
 def test_command_line(identity_run, smoke_dataset, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tf_holstein.evaluate", "--model", str(identity_run), "--data",

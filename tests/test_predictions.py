@@ -55,6 +55,7 @@ def batch_inference_npz(saved_model, smoke_dataset, out, *extra) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_batch_inference_output_scores_as_the_model_evaluated_directly(
         saved_model, smoke_dataset, smoke_meta, tmp_path):
     """Batch inference and evaluate run the same SavedModel signature on the same states in

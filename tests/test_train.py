@@ -332,6 +332,7 @@ def without_timing(summary):
             for key in ("final", "best", "test", "optimizer_steps")}
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_weights(data_dir, tmp_path):
     """Killed after its first checkpoint, and again during its export, a run with dropout
     resumes to the same checkpoint, best model and summary as an uninterrupted run, bit for
@@ -418,6 +419,7 @@ def free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_process_multi_worker_training(data_dir, tmp_path):
     cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
     workers = [run_train("--config", "smoke", "--data_dir", str(data_dir),
@@ -507,6 +509,7 @@ def test_refuses_a_dataset_made_with_another_protocol(data_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_parc_trains_on_states_and_derivatives(tmp_path):
     config = get_config("smoke_deep")
     summary = experiment.run(config, tmp_path / "data", tmp_path / "run", progress=False)
