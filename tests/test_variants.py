@@ -265,12 +265,12 @@ def test_bad_options_name_the_valid_ones():
         ModelConfig(kind="cnn", integrator_input="state_and_derivative").validate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [
     {"embedding": "broadcast", "integrator_input": "state_and_derivative"},
     {"propagate_rho": True, "integrator_input": "state_and_derivative", "reflection": True,
      "uniform_mode": True},
     {"split_steps": 1, "reflection": True, "uniform_mode": True, "conserve_energy": True}])
-@pytest.mark.slow
 def test_a_parc_variant_trains(tmp_path, options):
     """The trainer builds every option from the config (and the dataset's protocol), the
     loss falls, and the export keeps the options. One stage and no test split: the second

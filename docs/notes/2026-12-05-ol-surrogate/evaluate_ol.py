@@ -22,7 +22,7 @@ from olmodel import (NF, limits, MAX_LAG, OLNet, energy_raw, make_rollout, order
 from tf_holstein import baselines, climate, cost, metrics, records  # noqa: E402
 
 SCRATCH = os.environ.get("OL_SCRATCH", "scratch_ol")  # features, runs and logs
-FRESH = "/work/main/data/deep_fresh"
+FRESH = "data/deep_fresh"  # run from the repository root
 
 
 def main():
